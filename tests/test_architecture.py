@@ -19,7 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "conditioning": {"utils", "io"},
     "metrics": {"utils", "io"},
     "pipelines": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning"},
-    "training": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines"},
+    "training": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines",
+                 "metrics"},
     "cli": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines", "training",
             "metrics"},
 }
