@@ -1,0 +1,76 @@
+"""The ``vidiff`` command: one subcommand per module, each exposing ``add_parser`` and ``run``.
+
+Errors a user can fix (a missing file, a bad value, a corrupt checkpoint) are printed as one line
+naming the problem, with exit code 2; nothing at the output path is touched by a failed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from vidiff import __version__
+
+# Subcommand modules under vidiff.cli, in the order `--help` lists them. Imported lazily so that
+# `vidiff --help` is fast and a broken optional dependency of one command cannot break the others.
+COMMANDS: dict[str, str] = {
+    "generate": "Turn an image into a video with an SVD-class model (default: the bundled model).",
+    "train": "Train or fine-tune a video diffusion model from a YAML config.",
+    "convert": "Convert a checkpoint between the diffusers, single-file and vidiff layouts.",
+    "info": "Print what a checkpoint is: layout, model type, configs, parameter counts.",
+}
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"vidiff.cli.{name}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidiff",
+        description="vidiff: video diffusion (SVD-compatible image-to-video, training, conversion).",
+        epilog="Run `vidiff COMMAND --help` for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"vidiff {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=summary, add_help=False)
+            continue
+        try:
+            module = _load(name)
+        except ImportError:
+            continue  # the command is not available in this installation
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except CLIError as e:
+        print(f"vidiff {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"vidiff {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
