@@ -1,0 +1,440 @@
+"""Typed training configuration: frozen dataclasses, validated on construction, YAML in and out.
+
+Every field is validated in ``__post_init__`` with a message naming it (``optim.lr must be > 0``).
+YAML is only a serialised ``TrainConfig``: ``TrainConfig.from_yaml(path, overrides=[...])`` reads it,
+applies ``key=value`` / ``--key=value`` overrides (parsed to the field's type), and rejects unknown
+keys by name; ``to_yaml`` writes the resolved config next to the run's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the offending field."""
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name} {msg}")
+
+
+def _one_of(value: Any, name: str, choices: tuple[Any, ...]) -> None:
+    _check(value in choices, name, f"must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the model comes from.
+
+    Either ``preset`` (a UNet preset name, e.g. ``tiny``, built from scratch with random weights) or
+    ``init_from`` (an SVD-class checkpoint: diffusers folder, single file or vidiff folder) to fine-tune.
+    ``autoencoder``: ``none`` trains in pixel space (latents = pixels, concat = the conditioning image),
+    ``checkpoint`` uses the checkpoint's VAE (frozen). ``image_encoder``: ``checkpoint`` uses the
+    checkpoint's CLIP image encoder (frozen) when it has one; ``none`` feeds a zero CLIP token.
+    """
+
+    preset: str | None = "tiny"
+    init_from: str | None = None
+    autoencoder: str = "none"
+    image_encoder: str = "checkpoint"
+    gradient_checkpointing: bool = False
+    motion_head_channels: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.preset is not None or self.init_from is not None, "model.preset",
+               "or model.init_from must be set (init_from wins when both are)")
+        _one_of(self.autoencoder, "model.autoencoder", ("none", "checkpoint"))
+        _one_of(self.image_encoder, "model.image_encoder", ("none", "checkpoint"))
+        _check(self.motion_head_channels > 0, "model.motion_head_channels", "must be > 0")
+        if self.init_from is None:
+            _check(self.autoencoder == "none", "model.autoencoder",
+                   "must be 'none' when training from a preset (no checkpoint VAE to use)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset and batching. ``batch_size`` is per process and per micro-step.
+
+    The global batch of one optimizer step is ``batch_size × optim.grad_accum × world_size``.
+    ``fixed_batch`` repeats the first global batch every step (overfit checks).
+    """
+
+    dataset: str = "moving_shapes"
+    root: str | None = None
+    num_frames: int = 4
+    height: int = 16
+    width: int = 16
+    num_samples: int = 64
+    batch_size: int = 2
+    num_workers: int = 0
+    shuffle: bool = True
+    fixed_batch: bool = False
+    fps: int = 7
+    motion_bucket_id: int = 127
+
+    def __post_init__(self) -> None:
+        _one_of(self.dataset, "data.dataset", ("moving_shapes", "camera_move", "video_folder"))
+        if self.dataset == "video_folder":
+            _check(bool(self.root), "data.root", "must be set for data.dataset=video_folder")
+        for name in ("num_frames", "height", "width", "num_samples", "batch_size"):
+            _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.fps >= 1, "data.fps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW (Loshchilov & Hutter 2019) with gradient clipping and accumulation."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+               f"must be two numbers in [0, 1), got {self.betas}")
+        _check(self.eps > 0, "optim.eps", "must be > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
+        _check(self.grad_accum >= 1, "optim.grad_accum", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning rate: linear warm-up over ``warmup_steps`` then cosine (or constant) decay to
+    ``min_lr_ratio × lr`` at ``max_steps`` (SGDR cosine, Loshchilov & Hutter 2017)."""
+
+    max_steps: int = 100
+    warmup_steps: int = 0
+    decay: str = "cosine"
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "schedule.max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(0 <= self.warmup_steps <= self.max_steps, "schedule.warmup_steps",
+               f"must be in [0, schedule.max_steps={self.max_steps}], got {self.warmup_steps}")
+        _one_of(self.decay, "schedule.decay", ("cosine", "constant"))
+        _check(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Training objective.
+
+    ``edm``: denoising score matching as SVD trains (Karras et al. 2022 eq. 2/8; Blattmann et al. 2023):
+    ``scaling`` (``v_edm`` = v-prediction with c_noise = ¼ ln σ), ``weighting``, log-normal sigmas
+    ``ln σ ~ N(p_mean, p_std²)``. ``ddpm``: ε-MSE (Ho et al. 2020 Alg. 1). ``ucg_rate``: per-sample
+    probability of zeroing the CLIP token and concat latent (CFG dropout, Ho & Salimans 2022).
+    ``noise_aug``: ``fixed`` (``noise_aug_strength``) or ``lognormal`` (``ln s ~ N(aug_p_mean, aug_p_std²)``).
+    ``flow_weight`` > 0 adds the motion-consistency term (see ``objectives.flow_consistency_loss``).
+    ``fixed_noise`` reuses the step-0 sigmas and noise every step (overfit checks).
+    """
+
+    objective: str = "edm"
+    scaling: str = "v_edm"
+    weighting: str = "v"
+    sigma_data: float = 1.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    ddpm_timesteps: int = 1000
+    ddpm_beta_start: float = 0.00085
+    ddpm_beta_end: float = 0.012
+    ucg_rate: float = 0.1
+    noise_aug: str = "fixed"
+    noise_aug_strength: float = 0.02
+    aug_p_mean: float = -3.0
+    aug_p_std: float = 0.5
+    flow_weight: float = 0.0
+    fixed_noise: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of(self.objective, "loss.objective", ("edm", "ddpm"))
+        _one_of(self.scaling, "loss.scaling", ("v_edm", "v", "edm", "eps"))
+        _one_of(self.weighting, "loss.weighting", ("v", "edm", "eps", "unit"))
+        _one_of(self.noise_aug, "loss.noise_aug", ("fixed", "lognormal"))
+        _check(self.sigma_data > 0, "loss.sigma_data", "must be > 0")
+        _check(self.p_std > 0, "loss.p_std", "must be > 0")
+        _check(self.aug_p_std > 0, "loss.aug_p_std", "must be > 0")
+        _check(self.ddpm_timesteps >= 2, "loss.ddpm_timesteps", "must be >= 2")
+        _check(0 < self.ddpm_beta_start < self.ddpm_beta_end < 1, "loss.ddpm_beta_start",
+               "and loss.ddpm_beta_end must satisfy 0 < start < end < 1")
+        _check(0 <= self.ucg_rate < 1, "loss.ucg_rate", f"must be in [0, 1), got {self.ucg_rate}")
+        _check(self.noise_aug_strength >= 0, "loss.noise_aug_strength", "must be >= 0")
+        _check(self.flow_weight >= 0, "loss.flow_weight", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Exponential moving average of the weights; decay warms up as ``min(decay, (1+t)/(10+t))``."""
+
+    enabled: bool = True
+    decay: float = 0.999
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.decay < 1, "ema.decay", f"must be in [0, 1), got {self.decay}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Resumable checkpoints every ``every_steps`` (0 = only at the end) keeping the last ``keep_last``;
+    the final model is exported with ``export_weights`` (``ema`` or ``raw``) in the vidiff folder layout."""
+
+    every_steps: int = 0
+    keep_last: int = 2
+    export_weights: str = "ema"
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+        _check(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+        _one_of(self.export_weights, "checkpoint.export_weights", ("ema", "raw"))
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """``auto``: DDP when launched by torchrun with WORLD_SIZE > 1, else single process.
+    ``backend`` ``auto`` picks nccl on CUDA, gloo on CPU."""
+
+    strategy: str = "auto"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        _one_of(self.strategy, "distributed.strategy", ("auto", "none", "ddp", "fsdp"))
+        _one_of(self.backend, "distributed.backend", ("auto", "gloo", "nccl"))
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage: ``trainable`` fnmatch patterns (or ``re:<regex>``) over ``named_parameters()``
+    of the trained module (``unet.*``, ``motion_head.*``); everything else is frozen.
+    ``steps`` None = until ``schedule.max_steps``."""
+
+    name: str
+    trainable: tuple[str, ...] = ("*",)
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "stages[].name", "must be a non-empty string")
+        _check(len(self.trainable) > 0, f"stages[{self.name}].trainable", "must list at least one pattern")
+        if self.steps is not None:
+            _check(self.steps >= 1, f"stages[{self.name}].steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole run. ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler,
+    CUDA only)."""
+
+    output_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    deterministic: bool = False
+    log_every: int = 1
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    stages: tuple[StageConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(bool(self.output_dir), "output_dir", "must be set")
+        _one_of(self.device, "device", ("auto", "cpu", "cuda"))
+        _one_of(self.precision, "precision", ("fp32", "bf16", "fp16"))
+        _check(self.log_every >= 1, "log_every", "must be >= 1")
+        names = [s.name for s in self.stages]
+        _check(len(set(names)) == len(names), "stages", f"names must be unique, got {names}")
+        for s in self.stages[:-1]:
+            _check(s.steps is not None, f"stages[{s.name}].steps", "must be set on every stage but the last")
+
+    # -- (de)serialisation ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict (as YAML gives); unknown keys raise ``ConfigError`` naming them."""
+        return _build(cls, data, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+        """Read ``path`` and apply ``key=value`` overrides (dotted keys, ``--`` prefix allowed)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+        return cls.from_dict(apply_overrides(data, overrides))
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{path}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        return text
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = _hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (known: {sorted(known)})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from e
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert a YAML / command-line value to type ``tp`` or raise naming the field."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))
+        if is_none and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{name}: cannot parse {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{name}.")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{name} must have {len(args)} items, got {list(value)}")
+        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{name} must be a boolean, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``a.b=value`` overrides set (values are YAML-parsed strings;
+    typed conversion happens when the dataclasses are built)."""
+    out = _deepcopy(data)
+    for item in overrides:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, raw = text.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key")
+        cls: Any = TrainConfig
+        node = out
+        for i, p in enumerate(parts):
+            dotted = ".".join(parts[: i + 1])
+            if not (dataclasses.is_dataclass(cls) and p in {f.name for f in fields(cls)}):
+                raise ConfigError(f"unknown config key {dotted}")
+            tp = _hints(cls)[p]
+            if i == len(parts) - 1:
+                node[p] = raw if tp is str or str in typing.get_args(tp) else _yaml_value(raw)
+            else:
+                cls = tp
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{dotted} is not a mapping")
+    return out
+
+
+def _yaml_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
