@@ -178,7 +178,10 @@ def wrap_model(module: nn.Module, env: DistEnv) -> nn.Module:
     """
     if env.strategy == "ddp" and env.world_size > 1:
         ids = [env.device.index] if env.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        # find_unused_parameters: some weights legitimately get no gradient (the q/k projections of
+        # single-token cross-attention, which the UNet short-cuts exactly; a head not in the loss).
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                                   find_unused_parameters=True)
     if env.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 

@@ -1,0 +1,203 @@
+"""What is trained and how a batch becomes its inputs: model bundle, dataset, batch preparation, export.
+
+Two sources (``ModelConfig``):
+
+* **preset** (from scratch): a UNet preset with random weights and **no autoencoder** — pixel space:
+  latents are the frames themselves in [-1, 1] (``in_channels = 2·3``, ``out_channels = 3``) and the concat
+  condition is the noise-augmented conditioning image. No CLIP encoder: the cross-attention context is a
+  zero token of ``cross_attention_dim`` (the conditioning image still reaches the model through the concat
+  channels). Small enough to train on a CPU in seconds.
+* **init_from** (fine-tuning): an SVD-class checkpoint loaded through ``ImageToVideoPipeline.from_pretrained``
+  (the one call is isolated in :func:`load_pretrained`); its VAE and CLIP image encoder stay frozen.
+  As SVD (Blattmann et al. 2023): ``x₀`` = VAE mode of every frame × 0.18215; concat = *unscaled* VAE mode of
+  the noise-augmented first frame, the same for every frame; crossattn = the CLIP image embedding of the
+  clean conditioning image; vector = sinusoids of ``[fps − 1, motion_bucket_id, noise_aug_strength]``.
+
+CFG dropout (Ho & Salimans 2022; sgm ``GeneralConditioner.ucg_rate``): per sample, with probability
+``loss.ucg_rate``, the CLIP token and the concat latent are zeroed — exactly the unconditional branch the
+sampler uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vidiff.conditioning import Cond
+from vidiff.networks.motion import MotionPredictor, MotionPredictorConfig
+from vidiff.networks.unet_st import UNET_PRESETS, UNetSpatioTemporal
+from vidiff.training.config import DataConfig, ModelConfig
+from vidiff.utils import timestep_embedding
+
+PIXEL_CHANNELS = 3
+
+
+@dataclass
+class ModelBundle:
+    """The trained UNet, the optional motion head, and the frozen encoders around them."""
+
+    unet: nn.Module
+    motion_head: nn.Module | None = None
+    vae: nn.Module | None = None
+    image_encoder: nn.Module | None = None
+    pipeline: Any = None  # the loaded pipeline when fine-tuning (used for export)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unet_config(self) -> Any:
+        return self.unet.config
+
+    def to(self, device: torch.device) -> ModelBundle:
+        for m in (self.unet, self.motion_head, self.vae, self.image_encoder):
+            if m is not None:
+                m.to(device)
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        if hasattr(self.unet, "enable_gradient_checkpointing"):
+            self.unet.enable_gradient_checkpointing()
+        else:
+            self.unet.gradient_checkpointing = True
+
+
+def _freeze(m: nn.Module | None) -> None:
+    if m is not None:
+        m.eval()
+        m.requires_grad_(False)
+
+
+def load_pretrained(path: str) -> Any:
+    """Load an SVD-class checkpoint (diffusers folder, single file or vidiff folder) as a pipeline."""
+    from vidiff.pipelines import ImageToVideoPipeline
+
+    return ImageToVideoPipeline.from_pretrained(path)
+
+
+def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = False) -> ModelBundle:
+    """Build the bundle: fresh preset (pixel space) or a checkpoint to fine-tune. Same weights on every
+    rank (seeded here)."""
+    torch.manual_seed(seed)
+    if cfg.init_from is not None:
+        pipe = load_pretrained(cfg.init_from)
+        unet = pipe.unet.float()
+        vae = pipe.vae.float() if cfg.autoencoder == "checkpoint" else None
+        enc = getattr(pipe, "image_encoder", None) if cfg.image_encoder == "checkpoint" else None
+        if vae is None:
+            raise ValueError("model.autoencoder=none with model.init_from: a checkpoint UNet works in latent "
+                             "space; use model.autoencoder=checkpoint")
+        bundle = ModelBundle(unet=unet, vae=vae, image_encoder=enc.float() if enc is not None else None,
+                             pipeline=pipe)
+    else:
+        if cfg.preset not in UNET_PRESETS:
+            raise ValueError(f"model.preset {cfg.preset!r} is not one of {sorted(UNET_PRESETS)}")
+        ucfg = UNET_PRESETS[cfg.preset].replace(in_channels=2 * PIXEL_CHANNELS, out_channels=PIXEL_CHANNELS,
+                                                num_frames=data.num_frames)
+        bundle = ModelBundle(unet=UNetSpatioTemporal(ucfg))
+    _freeze(bundle.vae)
+    _freeze(bundle.image_encoder)
+    if flow:
+        channels = bundle.unet_config.out_channels
+        groups = 8 if cfg.motion_head_channels % 8 == 0 else 1
+        bundle.motion_head = MotionPredictor(MotionPredictorConfig(
+            in_channels=channels, hidden_channels=cfg.motion_head_channels, groups=groups))
+    return bundle
+
+
+# -- data -----------------------------------------------------------------------------------------------
+def build_dataset(cfg: DataConfig, *, seed: int) -> torch.utils.data.Dataset:
+    """The dataset ``cfg.dataset`` names (``vidiff.training.data``)."""
+    from vidiff.training import data as data_mod
+
+    size = (cfg.height, cfg.width)
+    if cfg.dataset == "video_folder":
+        return data_mod.VideoFolderDataset(cfg.root, num_frames=cfg.num_frames, size=size, fps=cfg.fps,
+                                           motion_bucket_id=cfg.motion_bucket_id)
+    if cfg.dataset == "camera_move":
+        return data_mod.CameraMoveDataset(num_samples=cfg.num_samples, num_frames=cfg.num_frames, size=size,
+                                          seed=seed)
+    return data_mod.MovingShapesDataset(num_samples=cfg.num_samples, num_frames=cfg.num_frames, size=size,
+                                        seed=seed)
+
+
+def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
+    video = torch.stack([torch.as_tensor(it["video"], dtype=torch.float32) for it in items]).to(device)
+    cond_image = torch.stack([torch.as_tensor(it.get("cond_image", it["video"][0]), dtype=torch.float32)
+                              for it in items]).to(device)
+    fps = torch.tensor([float(it.get("fps", 7)) for it in items], device=device)
+    mbid = torch.tensor([float(it.get("motion_bucket_id", 127)) for it in items], device=device)
+    return {"video": video, "cond_image": cond_image, "fps": fps, "motion_bucket_id": mbid}
+
+
+@torch.no_grad()
+def _encode_mode(vae: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Unscaled VAE latent (mode of the posterior) of ``pixels (N, 3, H, W)``."""
+    return vae.encode(pixels).mode()
+
+
+@torch.no_grad()
+def _clip_embed(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """CLIP image embedding ``(B, 1, D)`` of ``images (B, 3, H, W)`` in [-1, 1]."""
+    from vidiff.conditioning import clip_image_embeds
+
+    return clip_image_embeds(encoder, images)
+
+
+def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torch.device
+                  ) -> tuple[torch.Tensor, Callable[[Any], Cond], tuple[int, ...]]:
+    """Encode a list of dataset items.
+
+    Returns ``x0 (B, T, C, h, w)`` (scaled latents, or pixels in pixel space), a function building the
+    :class:`Cond` from the per-sample draws (noise augmentation and CFG dropout), and the shape of the
+    conditioning image (for its augmentation noise).
+    """
+    batch = _collate(items, device)
+    video, image = batch["video"], batch["cond_image"]
+    b, t = video.shape[:2]
+    ucfg = bundle.unet_config
+    if bundle.vae is not None:
+        with torch.no_grad():
+            x0 = bundle.vae.encode_latents(video.flatten(0, 1))
+        x0 = x0.reshape(b, t, *x0.shape[1:])
+        crossattn = (_clip_embed(bundle.image_encoder, image) if bundle.image_encoder is not None
+                     else torch.zeros(b, 1, ucfg.cross_attention_dim, device=device))
+    else:
+        x0 = video
+        crossattn = torch.zeros(b, 1, ucfg.cross_attention_dim, device=device)
+
+    def make_cond(draws: Any) -> Cond:
+        aug = draws.aug_strength.to(device)
+        noisy = image + aug.view(-1, 1, 1, 1) * draws.aug_noise.to(device)  # SVD conditioning noise aug
+        concat = _encode_mode(bundle.vae, noisy) if bundle.vae is not None else noisy
+        concat = concat[:, None].expand(-1, t, -1, -1, -1)  # the same for every frame
+        ids = torch.stack([batch["fps"] - 1, batch["motion_bucket_id"], aug], dim=1)  # (B, 3)
+        vector = timestep_embedding(ids.flatten(), ucfg.addition_time_embed_dim).reshape(b, -1)
+        keep = draws.keep.to(device)
+        return Cond(crossattn=crossattn * keep.view(-1, 1, 1), vector=vector,
+                    concat=concat * keep.view(-1, 1, 1, 1, 1))
+
+    return x0, make_cond, tuple(image.shape[1:])
+
+
+# -- export ---------------------------------------------------------------------------------------------
+def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir: Path) -> Path:
+    """Save the trained model in the vidiff folder layout ``ImageToVideoPipeline.from_pretrained`` reads.
+
+    ``weights``: the trained module's state (``unet.*``, ``motion_head.*``)."""
+    from vidiff.io import save_vidiff_folder
+
+    unet_sd = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
+    components: dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]] = {
+        "unet": (bundle.unet_config.to_diffusers(), unet_sd),
+    }
+    if bundle.vae is not None:
+        components["vae"] = (bundle.vae.config.to_diffusers(), bundle.vae.state_dict())
+    if bundle.motion_head is not None:
+        head = {k[len("motion_head."):]: v for k, v in weights.items() if k.startswith("motion_head.")}
+        components["motion_head"] = (bundle.motion_head.config.to_dict(), head)
+    save_vidiff_folder(out_dir, components)
+    return out_dir

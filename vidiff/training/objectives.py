@@ -1,0 +1,181 @@
+"""Training objectives: the EDM denoising loss as SVD trains, DDPM ε-MSE, and the flow-consistency term.
+
+* ``edm`` — denoising score matching in EDM form (Karras et al. 2022, eq. 2 and 8): ``σ ~ exp(N(P_mean,
+  P_std²))``, ``x_σ = x₀ + σ·n``, loss ``λ(σ)·‖D(x_σ, σ) − x₀‖²``; SVD (Blattmann et al. 2023) uses the
+  v-prediction preconditioning with EDM's ``c_noise = ¼ ln σ`` (``VScalingEDMcNoise``) and, for σ_data = 1,
+  the weighting ``λ = (σ² + 1)/σ²`` (``VWeighting``).
+* ``ddpm`` — ε-prediction MSE at a uniform discrete timestep (Ho et al. 2020, Alg. 1).
+* ``flow`` — motion consistency of the model's denoised prediction ``x̂ = D(x_σ, σ)``: a
+  :class:`~vidiff.networks.motion.MotionPredictor` predicts backward flows ``f_i`` between frames i and
+  i+1 and the term is the photometric warp error ``‖x̂_i − W(x̂_{i+1}, f_i)‖₁`` (W = differentiable
+  backward warp with bilinear sampling, ``vidiff.metrics.flow.warp``), averaged over pixels whose sample
+  point ``p + f_i(p)`` lies inside the frame. Gradients reach both the motion head and the denoiser, so the
+  model is pushed towards predictions whose consecutive frames are explained by a smooth motion field.
+
+Random draws are made **per sample** from a generator keyed by ``(seed, step, position in the global
+batch)`` (:func:`sample_draws`), which makes a run independent of how the global batch is split over
+processes and micro-steps, and exactly resumable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vidiff.diffusion import (
+    Denoiser,
+    EDMLogNormalSampler,
+    EDMScaling,
+    EDMWeighting,
+    EpsScaling,
+    EpsWeighting,
+    UnitWeighting,
+    VScaling,
+    VScalingEDMcNoise,
+    VWeighting,
+)
+from vidiff.metrics.flow import warp
+from vidiff.training.config import LossConfig
+from vidiff.utils import append_dims
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def sample_seed(seed: int, step: int, position: int, stream: int = 0) -> int:
+    """A 63-bit seed for one sample's draws (splitmix64-style mixing of the inputs)."""
+    z = (seed * 0x100000001B3 + step * 0x1000193 + position * 0x51ED27 + stream + _MIX) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) % 2**63
+
+
+@dataclass
+class Draws:
+    """Per-sample randomness of one micro-batch (all on the batch's device, float32)."""
+
+    keep: torch.Tensor  # (B,) 1 = keep conditioning, 0 = dropped for CFG
+    aug_strength: torch.Tensor  # (B,) noise-augmentation strength of the conditioning frame
+    aug_noise: torch.Tensor  # (B, 3, H, W) noise for the conditioning frame (pixels)
+    sigma: torch.Tensor  # (B,) EDM noise level (for ddpm: sqrt((1 - ᾱ_t)/ᾱ_t))
+    timestep: torch.Tensor  # (B,) DDPM timestep index (0 for edm)
+    noise: torch.Tensor  # (B, T, C, h, w) diffusion noise
+
+
+def ddpm_alphas_cumprod(cfg: LossConfig) -> torch.Tensor:
+    """ᾱ_t of the "scaled linear" β schedule SD/SVD use (linear in √β), float64."""
+    betas = torch.linspace(cfg.ddpm_beta_start**0.5, cfg.ddpm_beta_end**0.5, cfg.ddpm_timesteps,
+                           dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def sample_draws(cfg: LossConfig, *, seed: int, step: int, positions: list[int], image_shape: tuple[int, ...],
+                 latent_shape: tuple[int, ...], device: torch.device) -> Draws:
+    """Draw every random quantity of the samples at global-batch ``positions`` of optimizer step ``step``.
+
+    Order per sample (fixed): dropout uniform, noise-aug strength normal, noise-aug noise, sigma / timestep,
+    diffusion noise. ``cfg.fixed_noise`` keys every step as step 0 (overfit checks).
+    """
+    sigma_sampler = EDMLogNormalSampler(cfg.p_mean, cfg.p_std)
+    alphas = ddpm_alphas_cumprod(cfg) if cfg.objective == "ddpm" else None
+    key_step = 0 if cfg.fixed_noise else step
+    keep, aug, aug_noise, sigma, tsteps, noise = [], [], [], [], [], []
+    for p in positions:
+        g = torch.Generator().manual_seed(sample_seed(seed, key_step, p))
+        keep.append((torch.rand(1, generator=g) >= cfg.ucg_rate).float())
+        z = torch.randn(1, generator=g)
+        aug.append(torch.exp(cfg.aug_p_mean + cfg.aug_p_std * z) if cfg.noise_aug == "lognormal"
+                   else torch.full((1,), cfg.noise_aug_strength))
+        aug_noise.append(torch.randn(image_shape, generator=g))
+        if alphas is not None:
+            t = torch.randint(0, cfg.ddpm_timesteps, (1,), generator=g)
+            a = alphas[t]
+            sigma.append(((1 - a) / a).sqrt().float())
+            tsteps.append(t.float())
+        else:
+            sigma.append(sigma_sampler(1, generator=g).float().reshape(1))
+            tsteps.append(torch.zeros(1))
+        noise.append(torch.randn(latent_shape, generator=g))
+    return Draws(keep=torch.cat(keep).to(device), aug_strength=torch.cat(aug).to(device),
+                 aug_noise=torch.stack(aug_noise).to(device), sigma=torch.cat(sigma).to(device),
+                 timestep=torch.cat(tsteps).to(device), noise=torch.stack(noise).to(device))
+
+
+def make_scaling(cfg: LossConfig) -> object:
+    """The preconditioning (Karras et al. 2022 Table 1) named by ``cfg.scaling`` (``eps`` for ddpm)."""
+    if cfg.objective == "ddpm":
+        return EpsScaling()
+    if cfg.scaling == "edm":
+        return EDMScaling(cfg.sigma_data)
+    return {"v_edm": VScalingEDMcNoise, "v": VScaling, "eps": EpsScaling}[cfg.scaling]()
+
+
+def make_weighting(cfg: LossConfig) -> object:
+    """λ(σ): ``v`` = (σ²+1)/σ² (EDM with σ_data = 1), ``edm`` (σ²+σ_d²)/(σσ_d)², ``eps`` 1/σ², ``unit``."""
+    if cfg.weighting == "edm":
+        return EDMWeighting(cfg.sigma_data)
+    return {"v": VWeighting, "eps": EpsWeighting, "unit": UnitWeighting}[cfg.weighting]()
+
+
+def flow_consistency_loss(frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Per-sample photometric warp error ``mean_p |x_i(p) − x_{i+1}(p + f_i(p))|`` over valid pixels.
+
+    ``frames (B, T, C, H, W)``, ``flow (B, T−1, 2, H, W)`` in pixels (x, y). Pixels whose sample point falls
+    outside the frame are excluded (their value would be padding). Returns ``(B,)``.
+    """
+    b, t, c, h, w = frames.shape
+    if flow.shape != (b, t - 1, 2, h, w):
+        raise ValueError(f"flow must be {(b, t - 1, 2, h, w)}, got {tuple(flow.shape)}")
+    f = flow.flatten(0, 1).to(frames.dtype)
+    warped = warp(frames[:, 1:].flatten(0, 1), f).reshape(b, t - 1, c, h, w)
+    ys, xs = torch.meshgrid(torch.arange(h, device=frames.device, dtype=frames.dtype),
+                            torch.arange(w, device=frames.device, dtype=frames.dtype), indexing="ij")
+    px, py = xs + f[:, 0], ys + f[:, 1]
+    valid = ((px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)).to(frames.dtype)
+    valid = valid.reshape(b, t - 1, 1, h, w)
+    err = (frames[:, :-1] - warped).abs() * valid
+    return err.sum(dim=(1, 2, 3, 4)) / (valid.sum(dim=(1, 2, 3, 4)) * c).clamp_min(1.0)
+
+
+class DiffusionObjective(nn.Module):
+    """The trained module: network (+ motion head) and the loss in one ``forward``.
+
+    Keeping the loss inside ``forward`` lets DDP / FSDP see every parameter use in one call.
+    ``forward(x0, cond, draws) -> {"loss", "diffusion", "flow"}``, each per sample ``(B,)``.
+    """
+
+    def __init__(self, unet: nn.Module, cfg: LossConfig, motion_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.unet = unet
+        self.motion_head = motion_head
+        self.cfg = cfg
+        self.scaling = make_scaling(cfg)
+        self.weighting = make_weighting(cfg)
+        if cfg.flow_weight > 0 and motion_head is None:
+            raise ValueError("loss.flow_weight > 0 needs a motion head")
+        self.register_buffer("alphas_cumprod", ddpm_alphas_cumprod(cfg).float(), persistent=False)
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def forward(self, x0: torch.Tensor, cond: object, draws: Draws) -> dict[str, torch.Tensor]:
+        noise = draws.noise.to(x0.dtype)
+        if self.cfg.objective == "ddpm":
+            # Ho et al. 2020 Alg. 1: x_t = √ᾱ x₀ + √(1−ᾱ) ε, loss ‖ε − ε_θ(x_t, t)‖², the network sees t.
+            a = append_dims(self.alphas_cumprod.to(x0.device)[draws.timestep.long()], x0.ndim).to(x0.dtype)
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            eps = self.unet(x_t.to(self._dtype()), draws.timestep.to(self._dtype()), cond).to(x0.dtype)
+            per = (eps - noise).square().flatten(1).mean(1)
+            denoised = (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # x̂₀ for the flow term
+        else:
+            sigma = draws.sigma.to(x0.dtype)
+            x_noisy = x0 + append_dims(sigma, x0.ndim) * noise  # EDM eq. 2: x_σ = x₀ + σ n
+            denoised = Denoiser(self.unet, self.scaling)(x_noisy, sigma, cond)  # D(x_σ, σ), EDM eq. 7
+            w = self.weighting(sigma).to(x0.dtype)  # λ(σ), EDM eq. 8
+            per = w * (denoised - x0).square().flatten(1).mean(1)
+
+        flow = torch.zeros_like(per)
+        if self.cfg.flow_weight > 0 and self.motion_head is not None:
+            flow = flow_consistency_loss(denoised, self.motion_head(denoised))
+        return {"loss": per + self.cfg.flow_weight * flow, "diffusion": per, "flow": flow}
