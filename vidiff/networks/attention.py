@@ -1,0 +1,71 @@
+"""Multi-head attention for the video backbones, and the single place where the attention kernel is called.
+
+Keys ``to_q``, ``to_k``, ``to_v`` (no bias) and ``to_out.0`` (with bias) match diffusers' ``Attention``.
+
+Two exact savings are built in:
+
+* **Shared context.** A context of batch ``M`` may serve a query batch ``N = M·G``: query rows
+  ``g·G … g·G+G−1`` all attend to context row ``g`` (the frames of one video attend to that video's
+  CLIP token; the pixels of one video attend, in temporal attention, to that video's first-frame
+  token). Instead of repeating keys and values ``G`` times, the ``G`` query rows are concatenated
+  along the sequence axis; softmax is per query, so the result is unchanged.
+* **One key.** When the key sequence has length 1, softmax over it is exactly 1 and every query gets
+  the value itself: the output is ``to_out(to_v(context))`` broadcast over queries, and the q/k
+  projections are dead compute. SVD's cross-attention context is a single CLIP token, and temporal
+  self-attention over a one-frame clip has one key too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention ``softmax(q kᵀ / √d) v`` on ``(batch, heads, seq, head_dim)`` tensors.
+
+    Every attention layer of vidiff's networks goes through here (Vaswani et al. 2017, eq. 1), so a
+    different backend (flash, memory-efficient, chunked) is a change to this one function.
+    """
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention on ``(N, L, C)`` token sequences."""
+
+    def __init__(self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        context_dim = context_dim or query_dim
+        self.heads = heads
+        self.head_dim = head_dim
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        # A list of one so the keys read ``to_out.0`` (diffusers' index 1 is a parameter-free dropout).
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])
+        # Exact; switchable only so tests can compare it with the full computation.
+        self.single_key_shortcut = True
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (N, L, C)``, ``context (M, S, D)``, ``N % M == 0`` (None: self-attention) -> ``(N, L, C)``."""
+        if context is None:
+            context = x
+        n, length, _ = x.shape
+        m, s, _ = context.shape
+        if n % m:
+            raise ValueError(f"query batch {n} is not a multiple of the context batch {m}")
+        group = n // m  # query rows served by one context row
+
+        if s == 1 and self.single_key_shortcut:
+            out = self.to_out[0](self.to_v(context))  # (M, 1, C): softmax over one key is 1
+            return out[:, None].expand(m, group, length, out.shape[-1]).reshape(n, length, -1)
+
+        h, d = self.heads, self.head_dim
+        q = self.to_q(x).reshape(m, group * length, h, d).transpose(1, 2)  # (M, h, G·L, d)
+        k = self.to_k(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)
+        v = self.to_v(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)
+        out = attention_kernel(q, k, v)  # (M, h, G·L, d)
+        out = out.transpose(1, 2).reshape(n, length, h * d)  # (N, L, h·d)
+        return self.to_out[0](out)
