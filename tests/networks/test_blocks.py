@@ -1,0 +1,84 @@
+"""Block-level parity with diffusers' modules (the oracle) for the options the full UNet does not exercise:
+merge strategies, image-only frames, blocks without time embedding (as a temporal VAE uses them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+diffusers_resnet = pytest.importorskip("diffusers.models.resnet")
+diffusers_tt = pytest.importorskip("diffusers.models.transformers.transformer_temporal")
+
+from vidiff.networks.resnet import AlphaBlender, SpatioTemporalResBlock  # noqa: E402
+from vidiff.networks.transformer import SpatioTemporalTransformer  # noqa: E402
+
+B, T, H, W = 2, 3, 4, 5
+
+
+def _indicator() -> torch.Tensor:
+    return torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # some frames flagged as images
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "learned", "learned_with_images"])
+@pytest.mark.parametrize("switch", [False, True])
+def test_alpha_blender(strategy: str, switch: bool) -> None:
+    ref = diffusers_resnet.AlphaBlender(0.3, strategy, switch)
+    ours = AlphaBlender(0.3, strategy, switch)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(0)
+    xs, xt = torch.randn(2, B, 8, T, H, W, generator=gen)  # diffusers layout (B, C, T, H, W)
+    ind = _indicator()
+    expected = ref(xs, xt, ind)
+    got = ours(xs.transpose(1, 2), xt.transpose(1, 2), ind).transpose(1, 2)  # ours: frames on dim 1
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("temb_channels", "kwargs"),
+    [
+        (16, {"eps": 1e-6, "merge_strategy": "learned_with_images"}),  # the UNet's resnet
+        (None, {"eps": 1e-6, "temporal_eps": 1e-5, "merge_factor": 0.0, "merge_strategy": "learned",
+                "switch_spatial_to_temporal_mix": True}),  # SVD's temporal VAE decoder resnet
+    ],
+)
+def test_spatio_temporal_res_block(temb_channels, kwargs, randomize) -> None:
+    ref = randomize(diffusers_resnet.SpatioTemporalResBlock(32, 64, temb_channels, **kwargs))
+    ours = SpatioTemporalResBlock(32, 64, temb_channels, **kwargs)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(B * T, 32, H, W, generator=gen)
+    temb = torch.randn(B, T, 16, generator=gen) if temb_channels else None  # per-frame embedding
+    ind = _indicator()
+    with torch.no_grad():
+        expected = ref(x, None if temb is None else temb.flatten(0, 1), image_only_indicator=ind)
+        got = ours(x, temb, T, ind)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_spatio_temporal_res_block_per_video_embedding(randomize) -> None:
+    """A (B, 1, E) embedding broadcast over frames equals diffusers' per-frame repeat of it."""
+    ref = randomize(diffusers_resnet.SpatioTemporalResBlock(32, 32, 16))
+    ours = SpatioTemporalResBlock(32, 32, 16)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(2)
+    x, temb = torch.randn(B * T, 32, H, W, generator=gen), torch.randn(B, 1, 16, generator=gen)
+    with torch.no_grad():
+        expected = ref(x, temb.repeat_interleave(T, dim=0)[:, 0], image_only_indicator=torch.zeros(B, T))
+        got = ours(x, temb, T)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_spatio_temporal_transformer(tokens: int, randomize) -> None:
+    ref = randomize(diffusers_tt.TransformerSpatioTemporalModel(2, 16, in_channels=32, num_layers=2,
+                                                                cross_attention_dim=24))
+    ours = SpatioTemporalTransformer(32, 2, 24, depth=2)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(B * T, 32, H, W, generator=gen)
+    context = torch.randn(B, tokens, 24, generator=gen)
+    ind = _indicator()
+    with torch.no_grad():
+        expected = ref(x, context.repeat_interleave(T, dim=0), image_only_indicator=ind).sample
+        got = ours(x, context, T, ind)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
