@@ -100,3 +100,28 @@ def test_input_checks(randomize, cond_cls) -> None:
                                    concat=concat))
     with pytest.raises(ValueError, match="crossattn"):
         model(x, c_noise, cond_cls(crossattn=crossattn[0], vector=vector, concat=concat))
+
+
+def test_single_key_shortcut_switch(randomize, cond_cls) -> None:
+    """Off, every parameter takes part in the graph (DDP without find_unused_parameters); same output."""
+    model = _model(randomize).train()
+    x, c_noise, crossattn, vector, concat = _inputs(t=2)
+    cond = cond_cls(crossattn=crossattn, vector=vector, concat=concat)
+    fast = model(x, c_noise, cond)
+    model.set_single_key_shortcut(False)
+    full = model(x, c_noise, cond)
+    full.sum().backward()
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bfloat16_forward(randomize, cond_cls) -> None:
+    """Low-precision weights: sinusoids and α are computed in float32 then cast; output stays close."""
+    model = _model(randomize).eval()
+    x, c_noise, crossattn, vector, concat = _inputs(t=2)
+    cond = cond_cls(crossattn=crossattn, vector=vector, concat=concat)
+    with torch.no_grad():
+        ref = model(x, c_noise, cond)
+        out = model.to(torch.bfloat16)(x.bfloat16(), c_noise, cond)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 5e-2

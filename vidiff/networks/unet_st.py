@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidiff.networks.attention import Attention
 from vidiff.networks.layers import Downsample, TimestepMLP, Upsample, group_norm, maybe_checkpoint
 from vidiff.networks.resnet import SpatioTemporalResBlock
 from vidiff.networks.transformer import SpatioTemporalTransformer
@@ -211,6 +212,17 @@ class UNetSpatioTemporal(nn.Module):
 
     def disable_gradient_checkpointing(self) -> None:
         self.enable_gradient_checkpointing(False)
+
+    def set_single_key_shortcut(self, enabled: bool) -> None:
+        """Toggle the exact one-token attention shortcut (on by default, see ``attention.py``).
+
+        With SVD's one-token context the shortcut leaves cross-attention's ``norm2``/``to_q``/``to_k``
+        out of the graph (their true gradient is zero anyway). DistributedDataParallel then needs
+        ``find_unused_parameters=True``, or this switched off during training.
+        """
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.single_key_shortcut = enabled
 
     # --- forward ------------------------------------------------------------------------------------
 
