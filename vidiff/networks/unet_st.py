@@ -165,8 +165,8 @@ class UNetSpatioTemporal(nn.Module):
         levels = cfg.num_levels
 
         self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=3, padding=1)
-        # Noise level and added vector are each embedded to time_embed_dim and summed (SVD eq. as sgm's
-        # time_embed + label_emb).
+        # The noise level and the added vector (fps, motion, augmentation...) are each mapped to
+        # time_embed_dim and summed, as sgm's time_embed + label_emb ("micro-conditioning").
         self.time_embedding = TimestepMLP(channels[0], cfg.time_embed_dim)
         self.add_embedding = TimestepMLP(cfg.projection_class_embeddings_input_dim, cfg.time_embed_dim)
 
