@@ -183,8 +183,10 @@ def wrap_model(module: nn.Module, env: DistEnv) -> nn.Module:
         return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
                                                    find_unused_parameters=True)
     if env.strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import FSDPModule, fully_shard
 
+        if isinstance(module, FSDPModule):  # already sharded (a later stage): requires_grad is enough
+            return module
         for child in module.children():
             fully_shard(child)
         fully_shard(module)
@@ -204,3 +206,26 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 def full_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{name: full_tensor(t)}`` on CPU (collective with FSDP: call on every rank)."""
     return {k: full_tensor(v.detach()).cpu() for k, v in tensors.items()}
+
+
+def optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, env: DistEnv) -> dict[str, Any]:
+    """The optimizer state as plain tensors (FSDP: the gathered full state keyed by parameter name;
+    collective)."""
+    if env.strategy != "fsdp":
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, opt, options=options)
+
+
+def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any],
+                         env: DistEnv) -> None:
+    """Inverse of :func:`optimizer_state` (FSDP: reshards the full state)."""
+    if env.strategy != "fsdp":
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    # strict=False: parameters that never received a gradient (dead q/k of one-token attention) have no state
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True, strict=False))

@@ -21,7 +21,7 @@ class EMA:
         self.warmup = warmup
         self.num_updates = 0
         self.shadow: dict[str, torch.Tensor] = {
-            name: t.detach().to(torch.float32).clone() for name, t in _named_state(module).items()
+            name: _full(t).detach().to(torch.float32).clone() for name, t in _named_state(module).items()
         }
 
     def current_decay(self) -> float:
@@ -36,6 +36,7 @@ class EMA:
         params = dict(module.named_parameters())
         for name, t in _named_state(module).items():
             s = self.shadow[name]
+            t = _full(t)  # FSDP2 DTensor shard: average the full weight (collective)
             if name in params and t.is_floating_point():
                 s.mul_(d).add_(t.detach().to(torch.float32), alpha=1.0 - d)
             else:
@@ -62,3 +63,7 @@ class EMA:
 
 def _named_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: t for n, t in module.state_dict(keep_vars=True).items() if t.is_floating_point()}
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -136,9 +136,9 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     def setup_stage(span: StageSpan) -> tuple[nn.Module, torch.optim.Optimizer, WarmupCosineSchedule]:
-        params = apply_trainable(module, span.trainable)
-        wrapped = D.wrap_model(module, env)
-        opt = _make_optimizer(params, cfg)
+        apply_trainable(module, span.trainable)
+        wrapped = D.wrap_model(module, env)  # FSDP replaces parameters: collect them after wrapping
+        opt = _make_optimizer([p for p in module.parameters() if p.requires_grad], cfg)
         sched = WarmupCosineSchedule(opt, base_lr=cfg.optim.lr, max_steps=cfg.schedule.max_steps,
                                      warmup_steps=cfg.schedule.warmup_steps, decay=cfg.schedule.decay,
                                      min_lr_ratio=cfg.schedule.min_lr_ratio, last_step=span.start)
@@ -157,7 +157,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
     span = stage_at(spans, start)
     model, opt, sched = setup_stage(span)
     if ck is not None:
-        opt.load_state_dict(c.optimizer)
+        D.load_optimizer_state(model, opt, c.optimizer, env)
         sched.load_state_dict(c.state["scheduler"])
         if c.state.get("scaler"):
             scaler.load_state_dict(c.state["scaler"])
@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
             bar.update(1)
         every = cfg.checkpoint.every_steps
         if (every and done % every == 0) or done == cfg.schedule.max_steps:
-            last_ckpt = _save(cfg, env, ckpt_root, done, module, ema, opt, sched, scaler, global_batch, n)
+            last_ckpt = _save(cfg, env, ckpt_root, done, model, ema, opt, sched, scaler, global_batch, n)
     if bar is not None:
         bar.close()
 
@@ -245,13 +245,13 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
                        checkpoint=last_ckpt, resumed_from=resumed_from)
 
 
-def _save(cfg: TrainConfig, env: D.DistEnv, root: Path, step: int, module: nn.Module, ema: EMA | None,
+def _save(cfg: TrainConfig, env: D.DistEnv, root: Path, step: int, model: nn.Module, ema: EMA | None,
           opt: torch.optim.Optimizer, sched: WarmupCosineSchedule, scaler: torch.amp.GradScaler,
           global_batch: int, n: int) -> Path:
     """Gather (collective) and write one checkpoint from rank 0; every rank returns its path."""
-    model_state = _module_state(module)
+    model_state = _module_state(model)
     ema_state = D.full_state(ema.state_dict()) if ema is not None else None
-    opt_state = opt.state_dict()
+    opt_state = D.optimizer_state(model, opt, env)
     rng = D.gather_objects(capture_rng())
     epoch, index = D.data_position(step, global_batch, n, cfg.data.fixed_batch)
     state = {"epoch": epoch, "index": index, "global_batch": global_batch, "world_size": env.world_size,
