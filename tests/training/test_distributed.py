@@ -16,7 +16,8 @@ REL_TOL = 1e-5  # per-step relative difference of the global-batch mean loss
 
 
 def _overrides(out: Path, batch: int, strategy: str = "auto") -> list[str]:
-    return [f"output_dir={out}", f"distributed.strategy={strategy}", "progress=false", "data.num_samples=8", f"data.batch_size={batch}",
+    return [f"output_dir={out}", f"distributed.strategy={strategy}", "progress=false", "data.num_samples=8",
+            f"data.batch_size={batch}",
             f"schedule.max_steps={STEPS}", "schedule.warmup_steps=1", "checkpoint.every_steps=0",
             "loss.flow_weight=0.05"]
 
