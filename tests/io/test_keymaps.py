@@ -380,3 +380,33 @@ def test_clip_map_is_semantically_right() -> None:
 def test_clip_unknown_key_is_an_error() -> None:
     with pytest.raises(CheckpointError, match="attnpool"):
         clip_from_open_clip({"attnpool.weight": torch.zeros(1)})
+
+
+def test_configs_inferred_from_published_svd_shapes(unets, vaes) -> None:
+    """A Stability AI single file has no configs: the ones inferred from SVD's shapes are SVD's."""
+    from vidiff.io.single_file import infer_unet_config, infer_vae_config
+
+    module, reference = unets["svd"]
+    sd = unet_from_sgm(unet_to_sgm(module.state_dict()))
+    inferred = infer_unet_config(sd)
+    for k in ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "num_attention_heads",
+              "cross_attention_dim", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+              "down_block_types", "up_block_types", "transformer_layers_per_block"):  # fmt: skip
+        assert (
+            list(inferred[k]) == list(reference[k])
+            if isinstance(inferred[k], list)
+            else (inferred[k] == reference[k])
+        ), k
+    assert inferred["num_frames"] == 14 and infer_unet_config(sd, num_frames=25)["num_frames"] == 25
+    check_state_dict(expected_shapes("unet", inferred), sd, "unet")
+
+    vae, vae_reference = vaes["svd"]
+    vsd = vae_from_sgm(vae_to_sgm(vae.state_dict()))
+    vinferred = infer_vae_config(vsd)
+    for k in ("block_out_channels", "layers_per_block", "latent_channels", "in_channels", "out_channels"):
+        assert (
+            list(vinferred[k]) == list(vae_reference[k])
+            if k == "block_out_channels"
+            else (vinferred[k] == vae_reference[k])
+        ), k
+    check_state_dict(expected_shapes("vae", vinferred), vsd, "vae")
