@@ -24,18 +24,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vidiff.diffusion import (
-    Denoiser,
+from vidiff.diffusion.denoiser import Denoiser
+from vidiff.diffusion.losses import (
     EDMLogNormalSampler,
-    EDMScaling,
     EDMWeighting,
-    EpsScaling,
     EpsWeighting,
     UnitWeighting,
-    VScaling,
-    VScalingEDMcNoise,
     VWeighting,
+    denoising_loss,
 )
+from vidiff.diffusion.scalings import EDMScaling, EpsScaling, VScaling, VScalingEDMcNoise
+from vidiff.diffusion.schedules import alphas_cumprod, ddpm_q_sample, scaled_linear_betas
 from vidiff.metrics.flow import warp
 from vidiff.training.config import LossConfig
 from vidiff.utils import append_dims
@@ -65,9 +64,7 @@ class Draws:
 
 def ddpm_alphas_cumprod(cfg: LossConfig) -> torch.Tensor:
     """ᾱ_t of the "scaled linear" β schedule SD/SVD use (linear in √β), float64."""
-    betas = torch.linspace(cfg.ddpm_beta_start**0.5, cfg.ddpm_beta_end**0.5, cfg.ddpm_timesteps,
-                           dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
+    return alphas_cumprod(scaled_linear_betas(cfg.ddpm_timesteps, cfg.ddpm_beta_start, cfg.ddpm_beta_end))
 
 
 def sample_draws(cfg: LossConfig, *, seed: int, step: int, positions: list[int], image_shape: tuple[int, ...],
@@ -156,25 +153,31 @@ class DiffusionObjective(nn.Module):
             raise ValueError("loss.flow_weight > 0 needs a motion head")
         self.register_buffer("alphas_cumprod", ddpm_alphas_cumprod(cfg).float(), persistent=False)
 
-    def _dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     def forward(self, x0: torch.Tensor, cond: object, draws: Draws) -> dict[str, torch.Tensor]:
         noise = draws.noise.to(x0.dtype)
         if self.cfg.objective == "ddpm":
             # Ho et al. 2020 Alg. 1: x_t = √ᾱ x₀ + √(1−ᾱ) ε, loss ‖ε − ε_θ(x_t, t)‖², the network sees t.
-            a = append_dims(self.alphas_cumprod.to(x0.device)[draws.timestep.long()], x0.ndim).to(x0.dtype)
-            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            eps = self.unet(x_t.to(self._dtype()), draws.timestep.to(self._dtype()), cond).to(x0.dtype)
+            t = draws.timestep.long()
+            x_t = ddpm_q_sample(x0, t, noise, alphas_cumprod=self.alphas_cumprod)
+            dtype = next(self.unet.parameters()).dtype
+            eps = self.unet(x_t.to(dtype), t.to(dtype), cond).to(x0.dtype)
             per = (eps - noise).square().flatten(1).mean(1)
+            a = append_dims(self.alphas_cumprod.to(x0.device)[t], x0.ndim).to(x0.dtype)
             denoised = (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # x̂₀ for the flow term
         else:
-            sigma = draws.sigma.to(x0.dtype)
-            x_noisy = x0 + append_dims(sigma, x0.ndim) * noise  # EDM eq. 2: x_σ = x₀ + σ n
-            denoised = Denoiser(self.unet, self.scaling)(x_noisy, sigma, cond)  # D(x_σ, σ), EDM eq. 7
-            w = self.weighting(sigma).to(x0.dtype)  # λ(σ), EDM eq. 8
-            per = w * (denoised - x0).square().flatten(1).mean(1)
+            seen: list[torch.Tensor] = []
 
+            def denoiser(x: torch.Tensor, sigma: torch.Tensor, c: object) -> torch.Tensor:
+                d = Denoiser(self.unet, self.scaling)(x, sigma, c)  # EDM eq. 7
+                seen.append(d)
+                return d
+
+            def sigmas(n: int, generator: object = None, device: object = None) -> torch.Tensor:
+                return draws.sigma  # this batch's per-sample draws (see sample_draws)
+
+            # EDM eq. 2 and 8 with the drawn σ and n: λ(σ)·mean((D(x₀ + σn, σ) − x₀)²) per sample
+            per = denoising_loss(denoiser, x0, cond, sigmas, self.weighting, noise=noise)
+            denoised = seen[0]
         flow = torch.zeros_like(per)
         if self.cfg.flow_weight > 0 and self.motion_head is not None:
             flow = flow_consistency_loss(denoised, self.motion_head(denoised))
