@@ -1,0 +1,59 @@
+"""The denoiser contract ``D(x, σ, cond) -> x̂₀`` built from a network and a preconditioning (EDM eq. 7)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vidiff.diffusion.scalings import Scaling
+from vidiff.utils import append_dims
+
+DenoiserFn = Callable[[Tensor, Tensor, Any], Tensor]
+"""Any callable ``D(x, sigma, cond) -> x0`` with ``x (B, ...)`` and ``sigma (B,)`` in x's dtype."""
+
+
+def expand_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """σ as a ``(B,)`` tensor on x's device and dtype (a python float or 0-d tensor is repeated)."""
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+    if sigma.ndim == 0:
+        return sigma.expand(x.shape[0]).clone()
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a scalar or of shape ({x.shape[0]},), got {tuple(sigma.shape)}")
+    return sigma
+
+
+class Denoiser:
+    """``D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise, cond)`` (Karras et al. 2022, eq. 7).
+
+    ``network(x_in, c_noise, cond) -> F_x`` runs in its own dtype (from its first parameter, else x's, or the
+    ``dtype`` argument); the coefficients and the result stay in x's dtype (float32/float64 sampler state).
+    """
+
+    def __init__(self, network: Callable[..., Tensor], scaling: Scaling, *, dtype: torch.dtype | None = None):
+        self.network = network
+        self.scaling = scaling
+        self.dtype = dtype
+
+    def network_dtype(self, x: Tensor) -> torch.dtype:
+        if self.dtype is not None:
+            return self.dtype
+        if hasattr(self.network, "parameters"):
+            param = next(iter(self.network.parameters()), None)
+            if param is not None:
+                return param.dtype
+        return x.dtype
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        sigma = expand_sigma(sigma, x)
+        c_skip, c_out, c_in, c_noise = self.scaling(sigma)
+        c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in (c_skip, c_out, c_in))
+        dtype = self.network_dtype(x)
+        F_x = self.network((c_in * x).to(dtype), c_noise.to(dtype), cond)
+        D_x = c_skip * x + c_out * F_x.to(x.dtype)  # EDM eq. 7
+        return D_x
+
+    def __repr__(self) -> str:
+        return f"Denoiser({type(self.network).__name__}, {self.scaling!r})"

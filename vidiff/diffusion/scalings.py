@@ -1,0 +1,139 @@
+"""Preconditionings (EDM, Karras et al. 2022, Table 1 and eq. 7): ``(c_skip, c_out, c_in, c_noise)`` of σ.
+
+A scaling turns a raw network ``F`` into a denoiser
+``D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ))``.
+Each class also gives the network's ideal training target ``F_target`` (EDM eq. 8): the output for which
+``D(x₀ + σn, σ) = x₀`` exactly.
+
+All coefficients come back with the shape and dtype of ``sigma`` (``(B,)``); broadcasting against data is
+done by the caller with :func:`vidiff.utils.append_dims`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from vidiff.utils import append_dims
+
+
+class Coefficients(NamedTuple):
+    """The four preconditioning coefficients, each ``(B,)``."""
+
+    c_skip: Tensor
+    c_out: Tensor
+    c_in: Tensor
+    c_noise: Tensor
+
+
+class Scaling:
+    """Base class: subclasses implement :meth:`__call__`; :meth:`target` follows from it (EDM eq. 8)."""
+
+    def __call__(self, sigma: Tensor) -> Coefficients:
+        raise NotImplementedError
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        """Ideal network output at ``x = x₀ + σ·n``: ``F = (x₀ − c_skip·x)/c_out`` (EDM eq. 8)."""
+        c_skip, c_out, _, _ = self(sigma)
+        x = x0 + append_dims(sigma, x0.ndim) * noise
+        return (x0 - append_dims(c_skip, x0.ndim) * x) / append_dims(c_out, x0.ndim)
+
+
+class EDMScaling(Scaling):
+    """EDM preconditioning (Karras et al. 2022, Table 1): unit-variance input and target for σ_data data."""
+
+    def __init__(self, sigma_data: float = 0.5) -> None:
+        self.sigma_data = float(sigma_data)
+
+    def __call__(self, sigma: Tensor) -> Coefficients:
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1.0 / (sigma**2 + sd2).sqrt()
+        c_noise = 0.25 * sigma.log()
+        return Coefficients(c_skip, c_out, c_in, c_noise)
+
+    def __repr__(self) -> str:
+        return f"EDMScaling(sigma_data={self.sigma_data})"
+
+
+class EpsScaling(Scaling):
+    """ε-prediction (DDPM, Ho et al. 2020) written in VE form: ``D = x − σ·F`` (Karras et al. 2022, Table 1).
+
+    ``c_noise = σ``. A network trained on discrete DDPM timesteps expects ``t``, not σ: convert with
+    :meth:`vidiff.diffusion.DiscreteSchedule.sigma_to_t` (or use :class:`DiscreteEpsScaling`). ``c_in =
+    1/√(σ²+1) = √ᾱ`` maps the VE state back to the VP state ``x_t`` the network was trained on.
+    """
+
+    def __call__(self, sigma: Tensor) -> Coefficients:
+        c_skip = torch.ones_like(sigma)
+        c_out = -sigma
+        c_in = 1.0 / (sigma**2 + 1.0).sqrt()
+        return Coefficients(c_skip, c_out, c_in, sigma.clone())
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        """The ideal ε-network output is the noise itself."""
+        return noise
+
+    def __repr__(self) -> str:
+        return "EpsScaling()"
+
+
+class DiscreteEpsScaling(EpsScaling):
+    """:class:`EpsScaling` whose ``c_noise`` is the (continuous) DDPM timestep ``t(σ)`` of ``schedule``."""
+
+    def __init__(self, schedule: object) -> None:
+        self.schedule = schedule  # a vidiff.diffusion.schedules.DiscreteSchedule
+
+    def __call__(self, sigma: Tensor) -> Coefficients:
+        c_skip, c_out, c_in, _ = super().__call__(sigma)
+        return Coefficients(c_skip, c_out, c_in, self.schedule.sigma_to_t(sigma))
+
+    def __repr__(self) -> str:
+        return f"DiscreteEpsScaling({self.schedule!r})"
+
+
+class VScaling(Scaling):
+    """v-prediction (Salimans & Ho 2022) in VE form: EDM preconditioning with σ_data = 1, ``c_out`` negated.
+
+    ``c_skip = 1/(σ²+1)``, ``c_out = −σ/√(σ²+1)``, ``c_in = 1/√(σ²+1)``, ``c_noise = σ``.
+    """
+
+    def __call__(self, sigma: Tensor) -> Coefficients:
+        c_skip = 1.0 / (sigma**2 + 1.0)
+        c_out = -sigma / (sigma**2 + 1.0).sqrt()
+        c_in = 1.0 / (sigma**2 + 1.0).sqrt()
+        return Coefficients(c_skip, c_out, c_in, self._c_noise(sigma))
+
+    def _c_noise(self, sigma: Tensor) -> Tensor:
+        return sigma.clone()
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        """``v = α·n − σ_vp·x₀`` with ``α = 1/√(σ²+1)``, ``σ_vp = σ/√(σ²+1)`` (Salimans & Ho 2022, Sec. 4)."""
+        s = append_dims(sigma, x0.ndim)
+        return (noise - s * x0) / (s**2 + 1.0).sqrt()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class VScalingEDMcNoise(VScaling):
+    """SVD's preconditioning (Blattmann et al. 2023): v coefficients with EDM's ``c_noise = ¼ ln σ``."""
+
+    def _c_noise(self, sigma: Tensor) -> Tensor:
+        return 0.25 * sigma.log()
+
+
+def c_noise_to_sigma_edm(c_noise: Tensor) -> Tensor:
+    """Inverse of EDM's ``c_noise = ¼ ln σ`` (handy when a network's timestep must be read back as σ)."""
+    return torch.exp(4.0 * c_noise)
+
+
+SCALINGS: dict[str, type[Scaling]] = {
+    "edm": EDMScaling,
+    "eps": EpsScaling,
+    "v": VScaling,
+    "v_edm": VScalingEDMcNoise,
+}
