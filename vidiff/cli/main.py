@@ -73,4 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy, so that `except CLIError` catches the
+    # class the command modules import (python -m would otherwise define CLIError twice).
+    from vidiff.cli.main import main as _main
+
+    sys.exit(_main())
