@@ -28,8 +28,10 @@ def expand_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
 class Denoiser:
     """``D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise, cond)`` (Karras et al. 2022, eq. 7).
 
-    ``network(x_in, c_noise, cond) -> F_x`` runs in its own dtype (from its first parameter, else x's, or the
-    ``dtype`` argument); the coefficients and the result stay in x's dtype (float32/float64 sampler state).
+    ``network(x_in, c_noise, cond) -> F_x`` gets ``x_in`` in its own dtype (from its first parameter, else
+    x's, or the ``dtype`` argument). ``c_noise`` stays in x's dtype: networks embed it in float32, as
+    diffusers does with its float32 timesteps (rounding ¼ ln σ to fp16 first would change the embedding).
+    The coefficients and the result stay in x's dtype (float32/float64 sampler state).
     """
 
     def __init__(self, network: Callable[..., Tensor], scaling: Scaling, *, dtype: torch.dtype | None = None):
@@ -51,7 +53,7 @@ class Denoiser:
         c_skip, c_out, c_in, c_noise = self.scaling(sigma)
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in (c_skip, c_out, c_in))
         dtype = self.network_dtype(x)
-        F_x = self.network((c_in * x).to(dtype), c_noise.to(dtype), cond)
+        F_x = self.network((c_in * x).to(dtype), c_noise, cond)
         D_x = c_skip * x + c_out * F_x.to(x.dtype)  # EDM eq. 7
         return D_x
 
