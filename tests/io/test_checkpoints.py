@@ -23,51 +23,10 @@ from vidiff.io import (  # noqa: E402
 )
 from vidiff.io.single_file import infer_unet_config, infer_vae_config  # noqa: E402
 
-TINY_UNET = dict(
-    sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-    up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-    layers_per_block=1, num_attention_heads=(2, 4), cross_attention_dim=32,
-    addition_time_embed_dim=8, projection_class_embeddings_input_dim=24, num_frames=3,
-)  # fmt: skip
-SVD_SCHEDULER = dict(
-    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
-    use_karras_sigmas=True, sigma_min=0.002, sigma_max=700.0, timestep_spacing="leading", steps_offset=1,
-    timestep_type="continuous", interpolation_type="linear",
-)  # fmt: skip
-
-
-def build_pipeline_folder(path: Path) -> Path:
-    """A tiny StableVideoDiffusionPipeline saved by diffusers itself (random, non-trivial weights)."""
-    torch.manual_seed(0)
-    unet = diffusers.UNetSpatioTemporalConditionModel(**TINY_UNET)
-    vae = diffusers.AutoencoderKLTemporalDecoder(
-        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, layers_per_block=1
-    )
-    for module in (unet, vae):  # zero-initialised convs and 0 mix factors would hide mix-ups
-        with torch.no_grad():
-            for p in module.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    clip = transformers.CLIPVisionModelWithProjection(
-        transformers.CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=28, patch_size=14, projection_dim=32, hidden_act="gelu", layer_norm_eps=1e-5,
-        )
-    )  # fmt: skip
-    pipe = diffusers.StableVideoDiffusionPipeline(
-        vae=vae,
-        image_encoder=clip,
-        unet=unet,
-        scheduler=diffusers.EulerDiscreteScheduler(**SVD_SCHEDULER),
-        feature_extractor=transformers.CLIPImageProcessor(crop_size=28, size={"shortest_edge": 28}),
-    )
-    pipe.save_pretrained(path)
-    return path
-
 
 @pytest.fixture(scope="module")
-def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_pipeline_folder(tmp_path_factory.mktemp("svd") / "src")
+def src(tiny_svd_folder: Path) -> Path:
+    return tiny_svd_folder
 
 
 def _files(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -97,7 +56,7 @@ def _outputs(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             sample, torch.tensor([0.3]), ctx, added_time_ids=torch.tensor([[6.0, 127.0, 0.02]])
         ).sample
         v = pipe.vae.decode(torch.randn(2, 4, 8, 8, generator=g), num_frames=2).sample
-        e = pipe.image_encoder(pixel_values=torch.randn(1, 3, 28, 28, generator=g)).image_embeds
+        e = pipe.image_encoder(pixel_values=torch.randn(1, 3, 224, 224, generator=g)).image_embeds
     return u, v, e
 
 
@@ -277,7 +236,9 @@ def test_diffusers_folder_problems(src: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"unet: .*1 missing: mid_block\.attentions\.0\.proj_in\.bias"):
         read_checkpoint(folder)
     # the same check through a real diffusers module
-    model = diffusers.UNetSpatioTemporalConditionModel(**TINY_UNET)
+    model = diffusers.UNetSpatioTemporalConditionModel.from_config(
+        json.loads((src / "unet" / "config.json").read_text())
+    )
     with pytest.raises(CheckpointError, match=r"mid_block\.attentions\.0\.proj_in\.bias"):
         load_state_dict_strict(model, sd, "unet")
     weights.write_bytes(weights.read_bytes()[:1000])
