@@ -65,7 +65,10 @@ class DataConfig:
     """Dataset and batching. ``batch_size`` is per process and per micro-step.
 
     The global batch of one optimizer step is ``batch_size × optim.grad_accum × world_size``.
-    ``fixed_batch`` repeats the first global batch every step (overfit checks).
+    ``fixed_batch`` repeats the first global batch every step (overfit checks). ``fps``: None = the
+    video's own (``video_folder``) or 7; ``motion_bucket_id``: None = measured from each clip's optical
+    flow (``vidiff.training.data``), else fixed. Items are loaded in the training process (the frozen
+    VAE encode dominates the cost of a step).
     """
 
     dataset: str = "moving_shapes"
@@ -75,11 +78,10 @@ class DataConfig:
     width: int = 16
     num_samples: int = 64
     batch_size: int = 2
-    num_workers: int = 0
     shuffle: bool = True
     fixed_batch: bool = False
-    fps: int = 7
-    motion_bucket_id: int = 127
+    fps: float | None = None
+    motion_bucket_id: int | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.dataset, "data.dataset", ("moving_shapes", "camera_move", "video_folder"))
@@ -87,8 +89,9 @@ class DataConfig:
             _check(bool(self.root), "data.root", "must be set for data.dataset=video_folder")
         for name in ("num_frames", "height", "width", "num_samples", "batch_size"):
             _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
-        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        _check(self.fps >= 1, "data.fps", "must be >= 1")
+        _check(self.fps is None or self.fps >= 1, "data.fps", "must be >= 1")
+        _check(self.motion_bucket_id is None or self.motion_bucket_id >= 0, "data.motion_bucket_id",
+               "must be >= 0")
 
 
 @dataclass(frozen=True)

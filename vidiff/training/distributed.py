@@ -111,14 +111,14 @@ def data_position(step: int, global_batch: int, num_samples: int,
 
 
 def global_batch_indices(step: int, *, global_batch: int, num_samples: int, seed: int, shuffle: bool = True,
-                         fixed_batch: bool = False) -> list[int]:
-    """Dataset indices of the whole global batch of step ``step`` (positions ``0..G-1``)."""
+                         fixed_batch: bool = False) -> list[tuple[int, int]]:
+    """``(epoch, dataset index)`` of every position ``0..G-1`` of the global batch of step ``step``."""
     epoch, index = data_position(step, global_batch, num_samples, fixed_batch)
-    out: list[int] = []
+    out: list[tuple[int, int]] = []
     while len(out) < global_batch:
         order = epoch_order(num_samples, epoch, seed, shuffle)
         take = order[index: index + global_batch - len(out)]
-        out.extend(take)
+        out.extend((epoch, i) for i in take)
         epoch, index = epoch + 1, 0
     return out
 

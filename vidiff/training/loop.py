@@ -89,6 +89,14 @@ def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
                              weight_decay=cfg.optim.weight_decay, foreach=False)
 
 
+def _fetch(dataset: Any, epoch: int, index: int) -> dict[str, Any]:
+    """Item ``index`` as it is in ``epoch`` (random crops / clip starts are keyed by the epoch)."""
+    if hasattr(dataset, "set_epoch") and getattr(dataset, "_vidiff_epoch", None) != epoch:
+        dataset.set_epoch(epoch)
+        dataset._vidiff_epoch = epoch
+    return dataset[index]
+
+
 def _module_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The trained module's weights (``unet.*``, ``motion_head.*``) as full CPU tensors (collective)."""
     return D.full_state(D.unwrap(model).state_dict())
@@ -189,7 +197,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
         for micro in range(accum):
             positions = D.shard_positions(batch_size=bsz, grad_accum=accum, world_size=world, rank=env.rank,
                                           micro_step=micro)
-            items = [dataset[indices[p]] for p in positions]
+            items = [_fetch(dataset, *indices[p]) for p in positions]
             x0, cond_fn, image_shape = prepare_batch(bundle, items, device)
             draws = sample_draws(cfg.loss, seed=cfg.seed, step=step, positions=positions,
                                  image_shape=image_shape, latent_shape=tuple(x0.shape[1:]), device=device)

@@ -110,26 +110,25 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
 
 # -- data -----------------------------------------------------------------------------------------------
 def build_dataset(cfg: DataConfig, *, seed: int) -> torch.utils.data.Dataset:
-    """The dataset ``cfg.dataset`` names (``vidiff.training.data``)."""
+    """The dataset ``cfg.dataset`` names (``vidiff.training.data``); items depend only on
+    ``(seed, epoch, index)`` (``set_epoch``), which exact resume relies on."""
     from vidiff.training import data as data_mod
 
     size = (cfg.height, cfg.width)
+    extra: dict[str, Any] = {"fps": cfg.fps} if cfg.fps is not None else {}
     if cfg.dataset == "video_folder":
-        return data_mod.VideoFolderDataset(cfg.root, num_frames=cfg.num_frames, size=size, fps=cfg.fps,
-                                           motion_bucket_id=cfg.motion_bucket_id)
-    if cfg.dataset == "camera_move":
-        return data_mod.CameraMoveDataset(num_samples=cfg.num_samples, num_frames=cfg.num_frames, size=size,
-                                          seed=seed)
-    return data_mod.MovingShapesDataset(num_samples=cfg.num_samples, num_frames=cfg.num_frames, size=size,
-                                        seed=seed)
+        return data_mod.VideoFolderDataset(cfg.root, num_frames=cfg.num_frames, size=size, seed=seed,
+                                           motion_bucket_id=cfg.motion_bucket_id, **extra)
+    cls = data_mod.CameraMoveDataset if cfg.dataset == "camera_move" else data_mod.MovingShapesDataset
+    return cls(num_samples=cfg.num_samples, num_frames=cfg.num_frames, size=size, seed=seed, **extra)
 
 
 def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
     video = torch.stack([torch.as_tensor(it["video"], dtype=torch.float32) for it in items]).to(device)
     cond_image = torch.stack([torch.as_tensor(it.get("cond_image", it["video"][0]), dtype=torch.float32)
                               for it in items]).to(device)
-    fps = torch.tensor([float(it.get("fps", 7)) for it in items], device=device)
-    mbid = torch.tensor([float(it.get("motion_bucket_id", 127)) for it in items], device=device)
+    fps = torch.tensor([float(it["fps"]) for it in items], device=device)
+    mbid = torch.tensor([float(it["motion_bucket_id"]) for it in items], device=device)
     return {"video": video, "cond_image": cond_image, "fps": fps, "motion_bucket_id": mbid}
 
 
