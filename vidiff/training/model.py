@@ -7,8 +7,9 @@ Two sources (``ModelConfig``):
   condition is the noise-augmented conditioning image. No CLIP encoder: the cross-attention context is a
   zero token of ``cross_attention_dim`` (the conditioning image still reaches the model through the concat
   channels). Small enough to train on a CPU in seconds.
-* **init_from** (fine-tuning): an SVD-class checkpoint loaded through ``ImageToVideoPipeline.from_pretrained``
-  (the one call is isolated in :func:`load_pretrained`); its VAE and CLIP image encoder stay frozen.
+* **init_from** (fine-tuning): an SVD-class checkpoint loaded by the pipeline's strict loader
+  (``vidiff.pipelines.loading.load_model``, isolated in :func:`load_pretrained`); its VAE and CLIP image
+  encoder stay frozen.
   As SVD (Blattmann et al. 2023): ``x₀`` = VAE mode of every frame × 0.18215; concat = *unscaled* VAE mode of
   the noise-augmented first frame, the same for every frame; crossattn = the CLIP image embedding of the
   clean conditioning image; vector = sinusoids of ``[fps − 1, motion_bucket_id, noise_aug_strength]``.
@@ -45,7 +46,7 @@ class ModelBundle:
     motion_head: nn.Module | None = None
     vae: nn.Module | None = None
     image_encoder: nn.Module | None = None
-    pipeline: Any = None  # the loaded pipeline when fine-tuning (used for export)
+    pipeline: Any = None  # the loaded checkpoint (``LoadedModel``) when fine-tuning
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -72,10 +73,11 @@ def _freeze(m: nn.Module | None) -> None:
 
 
 def load_pretrained(path: str) -> Any:
-    """Load an SVD-class checkpoint (diffusers folder, single file or vidiff folder) as a pipeline."""
-    from vidiff.pipelines import ImageToVideoPipeline
+    """Load an SVD-class checkpoint (diffusers folder, single file or vidiff folder) with the pipeline's
+    strict loader (``vidiff.pipelines.loading.load_model``): UNet, VAE, CLIP image encoder, CLIP mean/std."""
+    from vidiff.pipelines.loading import load_model
 
-    return ImageToVideoPipeline.from_pretrained(path)
+    return load_model(path)
 
 
 def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = False) -> ModelBundle:
@@ -83,15 +85,18 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
     rank (seeded here)."""
     torch.manual_seed(seed)
     if cfg.init_from is not None:
-        pipe = load_pretrained(cfg.init_from)
-        unet = pipe.unet.float()
-        vae = pipe.vae.float() if cfg.autoencoder == "checkpoint" else None
-        enc = getattr(pipe, "image_encoder", None) if cfg.image_encoder == "checkpoint" else None
-        if vae is None:
+        loaded = load_pretrained(cfg.init_from)
+        if cfg.autoencoder != "checkpoint":
             raise ValueError("model.autoencoder=none with model.init_from: a checkpoint UNet works in latent "
                              "space; use model.autoencoder=checkpoint")
-        bundle = ModelBundle(unet=unet, vae=vae, image_encoder=enc.float() if enc is not None else None,
-                             pipeline=pipe)
+        enc = loaded.image_encoder if cfg.image_encoder == "checkpoint" else None
+        clip = None
+        if enc is not None:
+            from vidiff.conditioning import CLIPImageEmbedder
+
+            clip = CLIPImageEmbedder(enc.float(), mean=loaded.image_mean, std=loaded.image_std)
+        bundle = ModelBundle(unet=loaded.unet.float(), vae=loaded.vae.float(), image_encoder=clip,
+                             pipeline=loaded)
     else:
         if cfg.preset not in UNET_PRESETS:
             raise ValueError(f"model.preset {cfg.preset!r} is not one of {sorted(UNET_PRESETS)}")
@@ -139,11 +144,10 @@ def _encode_mode(vae: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _clip_embed(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """CLIP image embedding ``(B, 1, D)`` of ``images (B, 3, H, W)`` in [-1, 1]."""
-    from vidiff.conditioning import clip_image_embeds
-
-    return clip_image_embeds(encoder, images)
+def _clip_embed(embedder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """CLIP image token ``(B, 1, D)`` of ``images (B, 3, H, W)`` in [-1, 1] (``CLIPImageEmbedder``)."""
+    emb = embedder(images)
+    return emb if emb.ndim == 3 else emb[:, None]
 
 
 def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torch.device
