@@ -220,7 +220,7 @@ def _probe_cached(path: Path) -> VideoInfo | str:
 
 # -- synthetic: moving shapes ---------------------------------------------------------------------------
 class MovingShapesDataset(Dataset):
-    """Coloured squares and discs moving at constant speed over a static random background.
+    """Coloured squares and discs moving at constant speed over a static textured background.
 
     Each shape has a speed drawn uniformly in ``[0, max_speed]`` px/frame (at the dataset resolution) and
     bounces off the frame edges; edges are antialiased, so sub-pixel motion renders. The motion bucket
@@ -255,9 +255,7 @@ class MovingShapesDataset(Dataset):
         xs = torch.arange(w, dtype=torch.float32).view(1, w)
         c0, c1 = torch.rand(3, generator=g), torch.rand(3, generator=g)
         ramp = (xs * _uniform(g, -1, 1) / w + ys * _uniform(g, -1, 1) / h).clamp(-1, 1) * 0.5 + 0.5
-        noise = F.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(h, w), mode="bicubic",
-                              align_corners=False)[0]
-        bg = (c0.view(3, 1, 1) * (1 - ramp) + c1.view(3, 1, 1) * ramp) * 0.8 + 0.2 * noise
+        bg = (c0.view(3, 1, 1) * (1 - ramp) + c1.view(3, 1, 1) * ramp) * 0.6 + 0.4 * _texture(g, h, w)
         video = bg.expand(t, 3, h, w).clone()
         flow_mag = torch.zeros(max(t - 1, 1), h, w)
         n_shapes = int(torch.randint(1, self.max_shapes + 1, (), generator=g))
@@ -281,6 +279,15 @@ class MovingShapesDataset(Dataset):
         m = flow_mag.mean().item() * REFERENCE_WIDTH / w if t > 1 else 0.0
         bucket = motion_bucket_from_magnitude(m, scale=self.motion_bucket_scale)
         return _item(video.clamp(0, 1), self.fps, bucket, f"moving_shapes/{index}", 0)
+
+
+def _texture(g: torch.Generator, h: int, w: int) -> torch.Tensor:
+    """Static multi-scale noise in [0, 1], (3, H, W): texture that anchors zero flow on the background."""
+    out = torch.zeros(3, h, w)
+    for cells, amp in ((4, 0.4), (8, 0.3), (16, 0.2), (32, 0.1)):
+        layer = torch.rand(1, 3, min(cells, h), min(cells, w), generator=g)
+        out += amp * F.interpolate(layer, size=(h, w), mode="bicubic", align_corners=False)[0]
+    return out.clamp(0, 1)
 
 
 def _bounce_path(x: float, y: float, vx: float, vy: float, t: int, xr: tuple[float, float],
