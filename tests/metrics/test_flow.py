@@ -124,3 +124,46 @@ def test_mean_flow_magnitude() -> None:
     flows = video_flow(frames)
     assert flows.shape == (3, 2, 80, 120)
     assert flows[:, 0, MARGIN:-MARGIN, MARGIN:-MARGIN].median() == pytest.approx(speed, abs=0.25)
+
+
+def test_zoom_field_recovered() -> None:
+    """A non-uniform field: frame1 is frame0 zoomed by 4 % about the centre, so flow(p) = 0.04 (p − c).
+
+    Both frames are sampled from the full-resolution photo and area-averaged 2×2, so the only
+    interpolation is at twice the working resolution.
+    """
+    img = photo("astronaut.png")  # 512 × 512
+    z, size = 1.04, 384
+    base = torch.linspace(-size / 512, size / 512, size)  # normalised coords of a centred window
+    gy, gx = torch.meshgrid(base, base, indexing="ij")
+    grid0 = torch.stack([gx, gy], -1)[None]
+    f0 = F.avg_pool2d(F.grid_sample(img, grid0, mode="bicubic", align_corners=False), 2)
+    f1 = F.avg_pool2d(F.grid_sample(img, grid0 / z, mode="bicubic", align_corners=False), 2)
+    n = size // 2
+    c = (n - 1) / 2
+    ys, xs = torch.meshgrid(torch.arange(n) - c, torch.arange(n) - c, indexing="ij")
+    truth = torch.stack([xs, ys]) * (z - 1)  # frame1(c + z (p − c)) = frame0(p)
+    flow = estimate_flow(f0.clamp(0, 1), f1.clamp(0, 1))[0]
+    err = (flow - truth)[:, MARGIN:-MARGIN, MARGIN:-MARGIN].norm(dim=0)
+    assert truth.norm(dim=0).max() > 3.5
+    assert err.median() < 0.25
+    assert (err < 0.5).float().mean() > 0.85
+
+
+def test_batched_pairs_and_inputs() -> None:
+    f0, f1 = translated_pair(photo("coffee.png"), 3, -2)
+    f0, f1 = f0[..., :96, :128], f1[..., :96, :128]
+    g0, g1 = translated_pair(photo("chelsea.png"), -2, 4)
+    g0, g1 = g0[..., :96, :128], g1[..., :96, :128]
+    both = estimate_flow(torch.cat([f0, g0]), torch.cat([f1, g1]))
+    torch.testing.assert_close(both[:1], estimate_flow(f0, f1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(both[1:], estimate_flow(g0, g1), atol=1e-4, rtol=0)
+    gray = estimate_flow(to_gray(f0), to_gray(f1))
+    torch.testing.assert_close(gray, both[:1], atol=1e-4, rtol=0)
+    f64 = estimate_flow(f0.double(), f1.double())
+    assert f64.dtype == torch.float64
+    torch.testing.assert_close(f64.float(), both[:1], atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        estimate_flow(f0, g1[..., :64])
+    with pytest.raises(ValueError, match="1 or 3"):
+        to_gray(torch.rand(1, 2, 8, 8))
