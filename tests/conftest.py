@@ -69,3 +69,4 @@ def build_tiny_svd_folder(path: Path, *, seed: int = 0) -> Path:
 def tiny_svd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers folder of a tiny random SVD model (shared by the whole session: do not modify it)."""
     return build_tiny_svd_folder(tmp_path_factory.mktemp("tiny_svd") / "diffusers")
+
