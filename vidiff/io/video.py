@@ -48,6 +48,7 @@ __all__ = [
     "probe_video",
     "read_image",
     "read_video",
+    "video_format_for",
     "write_image",
     "write_video",
 ]
@@ -235,6 +236,11 @@ def _atomic_file(path: Path, write: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def video_format_for(path: str | os.PathLike) -> str:
+    """The format ``write_video`` would use for ``path`` (``ValueError`` naming an unknown extension)."""
+    return _format_of(path, None)
 
 
 def write_video(frames: Any, path: str | os.PathLike, fps: float, *, format: str | None = None,
