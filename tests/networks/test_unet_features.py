@@ -125,3 +125,24 @@ def test_bfloat16_forward(randomize, cond_cls) -> None:
         out = model.to(torch.bfloat16)(x.bfloat16(), c_noise, cond)
     assert out.dtype == torch.bfloat16
     assert ((out.float() - ref).norm() / ref.norm()).item() < 5e-2
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_chunked_attention_and_feed_forward_are_exact(randomize, cond_cls, frames: int) -> None:
+    """The memory control splits attention and MLP calls into chunks of whole sequences: same output,
+    including full (two-token) cross-attention and temporal attention across the chunk boundaries."""
+    model = _model(randomize).eval()
+    x, c_noise, _, vector, concat = _inputs(t=5, h=8, w=12)
+    crossattn = torch.randn(2, 2, CFG.cross_attention_dim, generator=torch.Generator().manual_seed(3))
+    cond = cond_cls(crossattn=crossattn, vector=vector, concat=concat)
+    with torch.no_grad():
+        whole = model(x, c_noise, cond)
+        with model.chunked(frames):
+            assert all(m.max_tokens is None for m in model.modules() if hasattr(m, "max_tokens"))
+            parts = model(x, c_noise, cond)
+            assert any(m.max_tokens == frames * 8 * 12 for m in model.modules() if hasattr(m, "max_tokens"))
+        model(x, c_noise, cond)  # leaving the context restores whole calls
+    assert all(m.max_tokens is None for m in model.modules() if hasattr(m, "max_tokens"))
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention chunk"):
+        model.set_attention_chunk(0)

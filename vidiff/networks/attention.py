@@ -47,6 +47,8 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])
         # Exact; switchable only so tests can compare it with the full computation.
         self.single_key_shortcut = True
+        # Memory control: at most this many query tokens per kernel call (None: all at once).
+        self.max_tokens: int | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``x (N, L, C)``, ``context (M, S, D)``, ``N % M == 0`` (None: self-attention) -> ``(N, L, C)``."""
@@ -62,7 +64,17 @@ class Attention(nn.Module):
             out = self.to_out[0](self.to_v(context))  # (M, 1, C): softmax over one key is 1
             return out[:, None].expand(m, group, length, out.shape[-1]).reshape(n, length, -1)
 
-        h, d = self.heads, self.head_dim
+        rows = m if self.max_tokens is None else max(1, self.max_tokens // (group * length))
+        if rows >= m:
+            return self._attend(x, context)
+        # chunks of whole context rows (each with its G query rows): exact, bounds the live activations
+        return torch.cat([self._attend(x[i * group:(i + rows) * group], context[i:i + rows])
+                          for i in range(0, m, rows)])
+
+    def _attend(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
+        m, s, _ = context.shape
+        group, h, d = n // m, self.heads, self.head_dim
         q = self.to_q(x).reshape(m, group * length, h, d).transpose(1, 2)  # (M, h, G·L, d)
         k = self.to_k(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)
         v = self.to_v(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)

@@ -86,9 +86,14 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = dim * mult
         self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim_out or dim))
+        # Memory control: at most this many tokens per call (None: all at once); the MLP is per token.
+        self.max_tokens: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if self.max_tokens is None or x.shape[0] * x.shape[1] <= self.max_tokens:
+            return self.net(x)
+        rows = max(1, self.max_tokens // x.shape[1])
+        return torch.cat([self.net(chunk) for chunk in x.split(rows)])
 
 
 class TimestepMLP(nn.Module):

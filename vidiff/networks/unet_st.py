@@ -11,6 +11,8 @@ network knows nothing of sigma: ``c_noise`` is whatever the preconditioning feed
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Protocol
 
@@ -19,7 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidiff.networks.attention import Attention
-from vidiff.networks.layers import Downsample, TimestepMLP, Upsample, group_norm, maybe_checkpoint
+from vidiff.networks.layers import (
+    Downsample,
+    FeedForward,
+    TimestepMLP,
+    Upsample,
+    group_norm,
+    maybe_checkpoint,
+)
 from vidiff.networks.resnet import SpatioTemporalResBlock
 from vidiff.networks.transformer import SpatioTemporalTransformer
 from vidiff.networks.unet_config import UNET_PRESETS, UNetConfig
@@ -224,6 +233,35 @@ class UNetSpatioTemporal(nn.Module):
             if isinstance(module, Attention):
                 module.single_key_shortcut = enabled
 
+    # --- memory control: chunked attention and feed-forward ---------------------------------------------
+
+    def set_attention_chunk(self, frames: int | None) -> None:
+        """Run attention and feed-forward layers on at most ``frames`` frames' worth of tokens at a time
+        (counted at the full latent resolution; None: all at once). Exact; bounds peak activations."""
+        if frames is not None and frames < 1:
+            raise ValueError(f"attention chunk must be >= 1 frame or None, got {frames}")
+        self._attention_chunk = frames
+
+    @contextmanager
+    def chunked(self, frames: int | None) -> Iterator[None]:
+        """``with unet.chunked(2): ...`` runs the block with :meth:`set_attention_chunk` (2)."""
+        before = getattr(self, "_attention_chunk", None)
+        self.set_attention_chunk(frames)
+        try:
+            yield
+        finally:
+            self.set_attention_chunk(before)
+
+    def _apply_chunking(self, height: int, width: int) -> None:
+        frames = getattr(self, "_attention_chunk", None)
+        budget = None if frames is None else frames * height * width
+        if budget == getattr(self, "_applied_budget", None):
+            return  # walking every module each step is cheap, but not free
+        self._applied_budget = budget
+        for module in self.modules():
+            if isinstance(module, (Attention, FeedForward)):
+                module.max_tokens = budget
+
     # --- forward ------------------------------------------------------------------------------------
 
     def forward(
@@ -268,6 +306,7 @@ class UNetSpatioTemporal(nn.Module):
             raise ValueError(f"cond.crossattn must be (B, S, D) with B={b}, got {tuple(context.shape)}")
 
         # 3. UNet on frames folded into the batch.
+        self._apply_chunking(height, width)
         h = self.conv_in(x.flatten(0, 1))  # (B·T, C0, H, W)
         skips = [h]
         for block in self.down_blocks:
