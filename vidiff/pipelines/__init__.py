@@ -1,1 +1,30 @@
-"""vidiff.pipelines"""
+"""vidiff.pipelines: inference that composes conditioning, networks, diffusion and autoencoders.
+
+Exports are resolved lazily so that light modules (settings, memory planning) import without torch
+models being built or optional dependencies (transformers) being loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "ImageToVideoPipeline": "vidiff.pipelines.image_to_video",
+    "ImageToVideoOutput": "vidiff.pipelines.image_to_video",
+    "bundled_model_path": "vidiff.pipelines.image_to_video",
+    "GenerationSettings": "vidiff.pipelines.settings",
+    "MemoryPlan": "vidiff.pipelines.memory",
+    "plan_for_budget": "vidiff.pipelines.memory",
+    "load_model": "vidiff.pipelines.loading",
+    "LoadedModel": "vidiff.pipelines.loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vidiff.pipelines' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
