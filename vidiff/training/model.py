@@ -29,11 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidiff.conditioning import Cond
+from vidiff.conditioning import Cond, embed_scalars
 from vidiff.networks.motion import MotionPredictor, MotionPredictorConfig
 from vidiff.networks.unet_st import UNET_PRESETS, UNetSpatioTemporal
 from vidiff.training.config import DataConfig, ModelConfig
-from vidiff.utils import timestep_embedding
 
 PIXEL_CHANNELS = 3
 
@@ -178,7 +177,7 @@ def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torc
         concat = _encode_mode(bundle.vae, noisy) if bundle.vae is not None else noisy
         concat = concat[:, None].expand(-1, t, -1, -1, -1)  # the same for every frame
         ids = torch.stack([batch["fps"] - 1, batch["motion_bucket_id"], aug], dim=1)  # (B, 3)
-        vector = timestep_embedding(ids.flatten(), ucfg.addition_time_embed_dim).reshape(b, -1)
+        vector = embed_scalars(ids, ucfg.addition_time_embed_dim)  # (B, 3·dim) sinusoids
         keep = draws.keep.to(device)
         return Cond(crossattn=crossattn * keep.view(-1, 1, 1), vector=vector,
                     concat=concat * keep.view(-1, 1, 1, 1, 1))
