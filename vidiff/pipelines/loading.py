@@ -1,0 +1,84 @@
+"""Build vidiff modules from a checkpoint read by ``vidiff.io`` (any layout), strictly.
+
+``vidiff.io`` returns every component in diffusers vocabulary (config dict + state dict); this module
+turns those into vidiff's own networks and loads the tensors with a strict check that lists missing,
+unexpected and mis-shaped tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vidiff.autoencoders import AutoencoderKLTemporal, VAEConfig
+from vidiff.io.checkpoints import read_checkpoint
+from vidiff.io.components import Checkpoint
+from vidiff.io.weights import CheckpointError, load_state_dict_strict
+from vidiff.networks import UNetConfig, UNetSpatioTemporal
+
+
+@dataclass
+class LoadedModel:
+    """The modules of an image-to-video model, with the configs they came from."""
+
+    unet: UNetSpatioTemporal
+    vae: AutoencoderKLTemporal
+    image_encoder: nn.Module | None
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    scheduler_config: dict[str, Any]
+    model_type: str
+    layout: str
+    extra: dict[str, Any]
+
+
+def _build(ckpt: Checkpoint, name: str, config_cls: Any, module_cls: type[nn.Module]) -> Any:
+    """Build ``module_cls(config_cls.from_diffusers(config))`` without initialising, then load strictly."""
+    comp = ckpt[name]
+    try:
+        config = config_cls.from_diffusers(comp.config)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{name}: config not understood: {e}") from None
+    with torch.device("meta"):  # no random init of weights that are about to be replaced
+        module = module_cls(config)
+    module = module.to_empty(device="cpu")
+    load_state_dict_strict(module, comp.state_dict or {}, name)
+    return module
+
+
+def _build_image_encoder(ckpt: Checkpoint) -> nn.Module:
+    """transformers' ``CLIPVisionModelWithProjection`` (imported lazily: only SVD-class models need it)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    comp = ckpt["image_encoder"]
+    config = {k: v for k, v in comp.config.items() if not k.startswith("_")}
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+    state = dict(comp.state_dict or {})
+    # transformers may keep derived buffers (position ids) that checkpoints omit or include
+    expected = model.state_dict()
+    for key in [k for k in expected if k.endswith("position_ids")]:
+        state.setdefault(key, expected[key])
+    load_state_dict_strict(model, state, "image_encoder")
+    return model.eval()
+
+
+def load_model(path: str | Path, *, num_frames: int | None = None) -> LoadedModel:
+    """Read and build every component of the checkpoint at ``path`` (diffusers, single-file or vidiff)."""
+    ckpt = read_checkpoint(path, num_frames=num_frames)
+    unet = _build(ckpt, "unet", UNetConfig, UNetSpatioTemporal).eval()
+    vae = _build(ckpt, "vae", VAEConfig, AutoencoderKLTemporal).eval()
+    image_encoder = _build_image_encoder(ckpt) if "image_encoder" in ckpt.components else None
+    fe = ckpt.components.get("feature_extractor")
+    fe_config = fe.config if fe is not None else {}
+    mean = tuple(fe_config.get("image_mean", (0.48145466, 0.4578275, 0.40821073)))
+    std = tuple(fe_config.get("image_std", (0.26862954, 0.26130258, 0.27577711)))
+    sched = ckpt.components.get("scheduler")
+    return LoadedModel(
+        unet=unet, vae=vae, image_encoder=image_encoder, image_mean=mean, image_std=std,  # type: ignore[arg-type]
+        scheduler_config=dict(sched.config) if sched is not None else {}, model_type=ckpt.model_type,
+        layout=ckpt.layout, extra={"notes": list(ckpt.notes)},
+    )
