@@ -1,0 +1,160 @@
+"""``vidiff generate``: an image in, a video out, plus a JSON sidecar that repeats the run exactly."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from vidiff import __version__
+from vidiff.cli.main import CLIError
+from vidiff.io.video import VIDEO_FORMATS, video_format_for, write_video
+from vidiff.io.weights import write_json_atomic
+from vidiff.pipelines.settings import DTYPE_NAMES, GenerationSettings, read_sidecar
+
+EXAMPLES = """\
+examples:
+  vidiff generate --image photo.png --output clip.mp4
+      the bundled model, its default size and frame count
+  vidiff generate --image photo.png --model ~/models/svd-xt --output clip.mp4 --device cuda --dtype float16
+      a diffusers folder of SVD-XT (a single-file .safetensors or a vidiff folder works the same)
+  vidiff generate --image photo.png --model svd_xt.safetensors --output clip.webm --max-memory 8GiB
+      pick the cheapest memory controls predicted to fit 8 GiB, and say which
+  vidiff generate --image photo.png --output again.mp4 --settings clip.mp4.json
+      repeat a run from its sidecar (options given on the command line win)
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="Turn an image into a video.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate a video from one image with an SVD-class model (SVD, SVD-XT, SV3D) or the "
+        "bundled default model. Unset options take the model's defaults, as the reference implementations "
+        "set them. A JSON sidecar with every resolved setting is written beside the video.",
+    )
+    p.add_argument("--image", required=True, help="input image (png, jpg, webp, ...)")
+    p.add_argument("--output", required=True,
+                   help=f"output video: {', '.join(VIDEO_FORMATS)}, or a folder (ending in /) for png frames")
+    p.add_argument("--model", default=None,
+                   help="diffusers folder, single-file .safetensors, or vidiff folder (default: bundled model)")
+    group = p.add_argument_group("generation settings (default: the model's)")
+    for f in fields(GenerationSettings):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        kind = {"int | None": int, "float | None": float}.get(str(f.type), str)
+        group.add_argument(flag, dest=f.name, type=kind, default=None, help=f.metadata["help"],
+                           choices=f.metadata.get("choices"))
+    hw = p.add_argument_group("device and memory")
+    hw.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    hw.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                    help="weights and activations dtype (default float32 on cpu, float16 on cuda)")
+    hw.add_argument("--offload", default=None, choices=("none", "model", "sequential"),
+                    help="keep components (model) or layers (sequential) off the GPU until they run")
+    hw.add_argument("--max-memory", default=None,
+                    help="memory budget such as 8GiB: chooses the cheapest controls predicted to fit")
+    hw.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
+    hw.add_argument("--attention-chunk", type=int, default=None,
+                    help="sequences per attention/feed-forward call in the UNet (lower saves memory)")
+    p.add_argument("--settings", default=None, help="a sidecar JSON from an earlier run to repeat")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettings]:
+    """Everything that can be checked before loading a model, so bad input fails fast."""
+    from vidiff.io.video import ImageError, read_image
+
+    image = Path(args.image)
+    try:
+        read_image(image)
+    except ImageError as e:
+        raise CLIError(str(e)) from None
+    output = Path(args.output)
+    try:
+        video_format_for(output)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    given = {f.name: getattr(args, f.name) for f in fields(GenerationSettings)}
+    try:
+        settings = GenerationSettings(**given)
+        if args.settings:
+            earlier = GenerationSettings.from_dict(read_sidecar(args.settings)["settings"])
+            settings = earlier.merged(settings)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if args.attention_chunk is not None and args.attention_chunk < 1:
+        raise CLIError(f"--attention-chunk must be >= 1, got {args.attention_chunk}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {args.device} asked for, but this machine has no CUDA device")
+    return image, output, settings
+
+
+def run(args: argparse.Namespace) -> int:
+    image_path, output, settings = _check_cheap(args)
+
+    import torch
+
+    from vidiff.io.video import read_image
+    from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_model_path
+
+    model = args.model or bundled_model_path()
+    if model is None:
+        raise CLIError("no --model given and no bundled model is installed")
+    dtype_name = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    try:
+        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=args.device)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    image = read_image(image_path)
+    start = time.perf_counter()
+    try:
+        result = pipe(
+            image, settings=settings, output_type="pt", progress=not args.quiet, offload=args.offload,
+            max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    seconds = time.perf_counter() - start
+    frames = result.frames[0]
+    resolved = result.settings
+    try:
+        write_video(frames, output, fps=resolved.fps)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    sidecar = {
+        "vidiff_version": __version__,
+        "model": str(model),
+        "image": str(image_path),
+        "image_sha256": _sha256(image_path),
+        "output": str(output),
+        "device": args.device,
+        "dtype": dtype_name,
+        "memory_plan": result.memory_plan.describe(),
+        "generation_seconds": round(seconds, 3),
+        "settings": resolved.to_dict(),
+    }
+    write_json_atomic(sidecar, sidecar_path(output))
+    if not args.quiet:
+        print(f"wrote {output} ({frames.shape[0]} frames, {frames.shape[-1]}x{frames.shape[-2]}, "
+              f"{resolved.fps} fps) in {seconds:.1f} s; settings in {sidecar_path(output)}")
+        print(json.dumps({"memory_plan": result.memory_plan.describe()}))
+    return 0
+
+
+def sidecar_path(output: Path) -> Path:
+    """Where the settings of a video are written: ``clip.mp4`` -> ``clip.mp4.json``."""
+    output = Path(output)
+    return output / "settings.json" if video_format_for(output) == "png" else output.with_name(output.name + ".json")
