@@ -76,6 +76,9 @@ class UnitWeighting:
     def __call__(self, sigma: Tensor) -> Tensor:
         return torch.ones_like(sigma)
 
+    def __repr__(self) -> str:
+        return "UnitWeighting()"
+
 
 class EDMWeighting:
     """λ(σ) = (σ² + σ_d²)/(σ·σ_d)² = 1/c_out² (Karras et al. 2022, Table 1): unit effective loss weight."""
@@ -105,6 +108,9 @@ class EpsWeighting:
 
     def __call__(self, sigma: Tensor) -> Tensor:
         return sigma**-2.0
+
+    def __repr__(self) -> str:
+        return "EpsWeighting()"
 
 
 WEIGHTINGS: dict[str, type] = {
