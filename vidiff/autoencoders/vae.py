@@ -95,18 +95,23 @@ def _tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     return [(s, s + tile) for s in starts]
 
 
-class AutoencoderKLTemporal(nn.Module):
-    """SVD's VAE (state-dict keys as diffusers' ``AutoencoderKLTemporalDecoder``)."""
+class KLVideoAutoencoder(nn.Module):
+    """A KL encoder with a video decoder: shared encoding, latent scaling, chunked and tiled decoding.
 
-    def __init__(self, config: VAEConfig | None = None) -> None:
+    Subclasses build ``self.decoder`` and implement :meth:`_decode_frames` for one clip.
+    """
+
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        cfg = self.config = config or VAEConfig()
+        cfg = self.config = config
         self.encoder = Encoder(cfg.in_channels, cfg.latent_channels, cfg.block_out_channels, cfg.layers_per_block)
         self.quant_conv = nn.Conv2d(2 * cfg.latent_channels, 2 * cfg.latent_channels, 1)
-        self.decoder = TemporalDecoder(cfg.latent_channels, cfg.out_channels, cfg.block_out_channels,
-                                       cfg.layers_per_block)
         self.tile_latent_size = 64  # latent pixels per tile side when tiling (512 px for SD's f=8)
         self.tile_latent_overlap = 8
+
+    def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
+        """One clip's latents ``(T, C, h, w)`` -> pixels ``(T, 3, H, W)`` in one decoder call."""
+        raise NotImplementedError
 
     @property
     def scaling_factor(self) -> float:
@@ -178,12 +183,10 @@ class AutoencoderKLTemporal(nn.Module):
 
     def _decode_clip(self, z: torch.Tensor, tiled: bool) -> torch.Tensor:
         """One clip ``(T, C, h, w)`` -> ``(T, 3, H, W)``, all frames in one decoder call."""
-        t = z.shape[0]
         if not tiled:
-            return self.decoder(z, num_frames=t)
+            return self._decode_frames(z)
         f = self.config.downsample_factor
-        return self._tiled(lambda x: self.decoder(x, num_frames=t), z, self.tile_latent_size,
-                           self.tile_latent_overlap, f)
+        return self._tiled(self._decode_frames, z, self.tile_latent_size, self.tile_latent_overlap, f)
 
     @staticmethod
     def _tiled(fn: Any, x: torch.Tensor, tile: int, overlap: int, scale: float) -> torch.Tensor:
@@ -211,3 +214,16 @@ class AutoencoderKLTemporal(nn.Module):
                 out[..., R0:R1, C0:C1] += y * w2.to(y.dtype)
                 weight[R0:R1, C0:C1] += w2
         return out / weight.to(out.dtype)
+
+
+class AutoencoderKLTemporal(KLVideoAutoencoder):
+    """SVD's VAE (state-dict keys as diffusers' ``AutoencoderKLTemporalDecoder``)."""
+
+    def __init__(self, config: VAEConfig | None = None) -> None:
+        super().__init__(config or VAEConfig())
+        cfg = self.config
+        self.decoder = TemporalDecoder(cfg.latent_channels, cfg.out_channels, cfg.block_out_channels,
+                                       cfg.layers_per_block)
+
+    def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z, num_frames=z.shape[0])
