@@ -113,3 +113,25 @@ def test_config_round_trip_and_errors() -> None:
         VAEConfig(block_out_channels=(30, 64))
     with pytest.raises(ValueError, match="AutoencoderKLTemporalDecoder"):
         VAEConfig.from_diffusers({"_class_name": "AutoencoderKL"})
+
+
+@pytest.mark.parametrize("post_quant", [True, False])
+@torch.no_grad()
+def test_image_vae_matches_diffusers_autoencoder_kl(post_quant: bool) -> None:
+    """SD's per-frame decoder (SV3D's first stage; without post_quant_conv as SV3D ships it)."""
+    from vidiff.autoencoders import AutoencoderKL, ImageVAEConfig
+
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKL(**TINY, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  use_post_quant_conv=post_quant).eval()
+    for p in ref.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+    ours = AutoencoderKL(ImageVAEConfig.from_diffusers(dict(ref.config))).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    assert _rel(ours.encode(x).mean, ref.encode(x).latent_dist.mean) <= 1e-5
+    z = torch.randn(1, 5, 4, 8, 12, generator=torch.Generator().manual_seed(7))
+    expected = ref.decode(z[0]).sample
+    assert _rel(ours.decode(z)[0], expected) <= 1e-5
+    assert _rel(ours.decode(z, chunk_size=2)[0], expected) <= 1e-5  # no temporal layers: chunking is exact
+    assert ImageVAEConfig.from_diffusers(ours.config.to_diffusers()) == ours.config

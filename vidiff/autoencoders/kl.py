@@ -46,7 +46,7 @@ class _DownBlock(nn.Module):
         return x if self.downsamplers is None else self.downsamplers[0](x)
 
 
-class _MidBlock(nn.Module):
+class MidBlock(nn.Module):
     """resnet -> attention -> resnet at the lowest resolution."""
 
     def __init__(self, ch: int) -> None:
@@ -70,7 +70,7 @@ class Encoder(nn.Module):
             _DownBlock(ch[max(i - 1, 0)], ch[i], layers_per_block, downsample=i < len(ch) - 1)
             for i in range(len(ch))
         )
-        self.mid_block = _MidBlock(ch[-1])
+        self.mid_block = MidBlock(ch[-1])
         self.conv_norm_out = nn.GroupNorm(GROUPS, ch[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[-1], 2 * latent_channels, 3, padding=1)
 
