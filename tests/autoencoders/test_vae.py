@@ -119,7 +119,7 @@ def test_config_round_trip_and_errors() -> None:
 @torch.no_grad()
 def test_image_vae_matches_diffusers_autoencoder_kl(post_quant: bool) -> None:
     """SD's per-frame decoder (SV3D's first stage; without post_quant_conv as SV3D ships it)."""
-    from vidiff.autoencoders import AutoencoderKL, ImageVAEConfig
+    from vidiff.autoencoders.image_vae import AutoencoderKL, ImageVAEConfig
 
     torch.manual_seed(0)
     ref = diffusers.AutoencoderKL(**TINY, up_block_types=("UpDecoderBlock2D",) * 2,
