@@ -1,7 +1,22 @@
-"""vidiff.autoencoders: SD's KL encoder, SVD's temporal decoder, chunked and tiled decoding."""
+"""vidiff.autoencoders: SD's KL encoder, SVD's temporal decoder, chunked and tiled decoding; patch folding."""
 
+from vidiff.autoencoders.image_vae import AutoencoderKL, ImageDecoder, ImageVAEConfig
 from vidiff.autoencoders.kl import DiagonalGaussian, Encoder
+from vidiff.autoencoders.patch import PatchAutoencoder, PatchConfig, PatchPosterior
 from vidiff.autoencoders.temporal import TemporalDecoder
 from vidiff.autoencoders.vae import VAE_PRESETS, AutoencoderKLTemporal, VAEConfig
 
-__all__ = ["VAE_PRESETS", "AutoencoderKLTemporal", "DiagonalGaussian", "Encoder", "TemporalDecoder", "VAEConfig"]
+__all__ = [
+    "VAE_PRESETS",
+    "AutoencoderKL",
+    "AutoencoderKLTemporal",
+    "DiagonalGaussian",
+    "Encoder",
+    "ImageDecoder",
+    "ImageVAEConfig",
+    "PatchAutoencoder",
+    "PatchConfig",
+    "PatchPosterior",
+    "TemporalDecoder",
+    "VAEConfig",
+]

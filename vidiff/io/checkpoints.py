@@ -5,7 +5,9 @@
   variant when it is the only one), ``image_encoder/`` (``config.json`` + ``model.safetensors``),
   ``feature_extractor/preprocessor_config.json``, ``scheduler/scheduler_config.json``.
 - ``single-file``: the original sgm safetensors (see :mod:`vidiff.io.single_file`).
-- ``vidiff``: ``vidiff.json`` + ``<component>/config.json`` (+ ``<component>/model.safetensors``).
+- ``vidiff``: ``vidiff.json`` + ``<component>/config.json`` (+ ``<component>/model.safetensors``). Only this
+  layout holds models without a CLIP image encoder / feature extractor or with a parameter-free
+  ``PatchAutoencoder`` VAE, and model-level settings (``Checkpoint.extra``, kept in ``vidiff.json``).
 
 Reads are strict: every weighted component is checked against the tensor shapes its config implies.
 Writes are atomic: the whole output is built next to the destination and renamed into place, so an
@@ -24,12 +26,14 @@ from vidiff import __version__
 from vidiff.io.clip_keymap import drop_derived_clip_keys
 from vidiff.io.components import (
     COMPONENTS,
+    REQUIRED_COMPONENTS,
     RESNET_EPS_POLICY,
     WEIGHTED_COMPONENTS,
     Checkpoint,
     Component,
     copy_config,
     guess_model_type,
+    is_parameter_free,
     validate_checkpoint,
 )
 from vidiff.io.single_file import read_single_file, write_single_file
@@ -47,6 +51,7 @@ __all__ = ["LAYOUTS", "detect_layout", "read_checkpoint", "write_checkpoint"]
 LAYOUTS = ("diffusers", "single-file", "vidiff")
 VIDIFF_FORMAT = "vidiff-checkpoint"
 VIDIFF_FORMAT_VERSION = 1
+_MANIFEST_KEYS = ("format", "format_version", "model_type", "components", "vidiff_version")
 
 # component -> (config file, weights file stem, diffusers library, default class)
 _DIFFUSERS_FILES: dict[str, tuple[str, str | None, str, str]] = {
@@ -101,11 +106,18 @@ def write_checkpoint(
     """Write ``ckpt`` in ``layout`` (one of :data:`LAYOUTS`) atomically; validates it first."""
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
-    missing = [c for c in COMPONENTS if c not in ckpt.components]
+    required = REQUIRED_COMPONENTS if layout == "vidiff" else COMPONENTS
+    missing = [c for c in required if c not in ckpt.components]
     if missing:
-        raise CheckpointError(f"checkpoint lacks components: {', '.join(missing)}")
+        hint = " (only the vidiff layout holds models without them)" if layout != "vidiff" else ""
+        raise CheckpointError(f"checkpoint lacks components: {', '.join(missing)}{hint}")
+    if layout != "vidiff" and is_parameter_free("vae", ckpt["vae"].config):
+        raise CheckpointError(f"a {ckpt['vae'].config['_class_name']} VAE can only be written in the vidiff "
+                              f"layout, not {layout}")
     validate_checkpoint(ckpt)
     for name in WEIGHTED_COMPONENTS:
+        if name not in ckpt.components:
+            continue
         sd = ckpt[name].state_dict or {}
         if any(t.device.type == "meta" for t in sd.values()):
             raise CheckpointError(f"{name}: tensors were read as shapes only (device='meta'); cannot write")
@@ -238,7 +250,7 @@ def _read_vidiff(path: Path, device: str) -> Checkpoint:
     names = manifest.get("components")
     if not isinstance(names, list):
         raise CheckpointError(f"{path / 'vidiff.json'}: 'components' must be a list")
-    missing = [c for c in COMPONENTS if c not in names]
+    missing = [c for c in REQUIRED_COMPONENTS if c not in names]
     if missing:
         raise CheckpointError(f"{path}: vidiff.json lists no {', '.join(missing)} component")
     components: dict[str, Component] = {}
@@ -248,11 +260,12 @@ def _read_vidiff(path: Path, device: str) -> Checkpoint:
             raise CheckpointError(f"{path}: component {name!r} is missing (no {name}/ folder)")
         config = read_json(folder / "config.json")
         weights = folder / "model.safetensors"
-        if name in WEIGHTED_COMPONENTS and not weights.is_file():
+        if name in WEIGHTED_COMPONENTS and not weights.is_file() and not is_parameter_free(name, config):
             raise CheckpointError(f"{folder}: no model.safetensors")
         sd = load_safetensors(weights, device=device) if weights.is_file() else None
         components[str(name)] = Component(config, sd)
-    return Checkpoint("vidiff", components)
+    extra = {k: v for k, v in manifest.items() if k not in _MANIFEST_KEYS}
+    return Checkpoint("vidiff", components, extra=extra)
 
 
 def _write_vidiff(ckpt: Checkpoint, folder: Path) -> None:
@@ -267,4 +280,8 @@ def _write_vidiff(ckpt: Checkpoint, folder: Path) -> None:
         "components": list(ckpt.components),
         "vidiff_version": __version__,
     }
+    clash = sorted(set(ckpt.extra) & set(manifest))
+    if clash:
+        raise CheckpointError(f"Checkpoint.extra may not set {clash} (vidiff.json's own keys)")
+    manifest.update(copy_config(ckpt.extra))
     write_json_atomic(manifest, folder / "vidiff.json")

@@ -5,6 +5,11 @@ diffusers state-dict names), ``image_encoder`` (transformers ``CLIPVisionConfig`
 ``CLIPVisionModelWithProjection`` names), and the config-only ``feature_extractor`` (CLIPImageProcessor's
 ``preprocessor_config.json``) and ``scheduler`` (``scheduler_config.json``).
 
+``image_encoder`` and ``feature_extractor`` are optional (:data:`OPTIONAL_COMPONENTS`): a model without them
+conditions on a zero CLIP token. A ``vae`` whose config names ``_class_name: PatchAutoencoder``
+(``vidiff.autoencoders.PatchAutoencoder``, space-to-depth) has no tensors. ``Checkpoint.extra`` holds
+model-level settings the vidiff layout stores in ``vidiff.json`` (e.g. ``generation_defaults``).
+
 vidiff extension to the UNet config: ``resnet_eps_policy`` is ``"sgm"`` for weights read from an original
 single file (its resnets were trained with GroupNorm eps 1e-5 everywhere, svd_spec §5) and
 ``"diffusers"`` (the default when absent) for diffusers folders.
@@ -23,17 +28,23 @@ from vidiff.io.weights import CheckpointError, check_state_dict
 
 __all__ = [
     "COMPONENTS",
+    "OPTIONAL_COMPONENTS",
+    "REQUIRED_COMPONENTS",
     "WEIGHTED_COMPONENTS",
     "Checkpoint",
     "Component",
     "default_feature_extractor_config",
     "default_scheduler_config",
     "guess_model_type",
+    "is_parameter_free",
     "validate_checkpoint",
 ]
 
 COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
 WEIGHTED_COMPONENTS = ("unet", "vae", "image_encoder")
+OPTIONAL_COMPONENTS = ("image_encoder", "feature_extractor")
+REQUIRED_COMPONENTS = tuple(c for c in COMPONENTS if c not in OPTIONAL_COMPONENTS)
+PARAMETER_FREE_VAES = ("PatchAutoencoder",)
 RESNET_EPS_POLICY = "resnet_eps_policy"
 
 
@@ -55,12 +66,14 @@ class Checkpoint:
 
     ``ignored`` lists source tensors that were recognised and deliberately not used (duplicate encoder
     copies, OpenCLIP text-tower leftovers, ...); ``notes`` are human-readable remarks about the read.
+    ``extra``: model-level settings (JSON values) kept in ``vidiff.json`` by the vidiff layout.
     """
 
     layout: str
     components: dict[str, Component]
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Component:
         if name not in self.components:
@@ -127,12 +140,23 @@ def guess_model_type(ckpt: Checkpoint) -> str:
     return {256: "sv3d_u", 1280: "sv3d_p"}.get(adm, "unknown")
 
 
+def is_parameter_free(name: str, config: dict[str, Any]) -> bool:
+    """Whether component ``name`` with ``config`` has no tensors (the ``PatchAutoencoder`` VAE)."""
+    return name == "vae" and config.get("_class_name") in PARAMETER_FREE_VAES
+
+
 def validate_checkpoint(ckpt: Checkpoint) -> None:
-    """Check every weighted component's tensors against the shapes its config implies."""
+    """Check every weighted component's tensors against the shapes its config implies (optional
+    components may be absent; a parameter-free VAE must have no tensors)."""
     for name in WEIGHTED_COMPONENTS:
         if name not in ckpt.components:
+            if name in OPTIONAL_COMPONENTS:
+                continue
             raise CheckpointError(f"checkpoint has no {name} component")
         comp = ckpt.components[name]
+        if is_parameter_free(name, comp.config):
+            check_state_dict({}, comp.state_dict or {}, name)
+            continue
         if comp.state_dict is None:
             raise CheckpointError(f"{name}: no tensors")
         check_state_dict(expected_shapes(name, comp.config), comp.state_dict, name)
