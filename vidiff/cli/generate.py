@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image", required=True, help="input image (png, jpg, webp, ...)")
     p.add_argument("--output", required=True,
-                   help=f"output video: {', '.join(VIDEO_FORMATS)}, or a folder (ending in /) for png frames")
+                   help=f"output video ({', '.join('.' + f for f in VIDEO_FORMATS if f != 'png')}), or a folder "
+                   "(a path ending in /) of png frames")
     p.add_argument("--model", default=None,
                    help="diffusers folder, single-file .safetensors, or vidiff folder (default: bundled model)")
     group = p.add_argument_group("generation settings (default: the model's)")
