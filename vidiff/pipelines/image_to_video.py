@@ -92,6 +92,9 @@ class ImageToVideoPipeline:
                  device: str | torch.device = "cpu") -> None:
         self.model = model
         self.family = family
+        # the model's own defaults (vidiff.json ``generation_defaults``) win over its family's
+        self.model_defaults = GenerationSettings.from_dict(dict(model.extra.get("generation_defaults") or {}))
+        self.residual = bool(model.extra.get("residual", False))
         self.dtype = dtype
         self.device = torch.device(device)
         self.unet = model.unet.to(dtype=dtype)
@@ -130,6 +133,8 @@ class ImageToVideoPipeline:
         size = model.extra.get("default_size")
         if size:
             family = replace(family, height=size[0], width=size[1])
+        own = model.extra.get("generation_defaults") or {}
+        family = replace(family, **{k: own[k] for k in ("height", "width", "num_frames") if own.get(k)})
         return cls(model, family=family, dtype=dtype, device=device)
 
     # ----------------------------------------------------------------------------------------------
@@ -153,11 +158,13 @@ class ImageToVideoPipeline:
         enc = sum(p.numel() for n, p in self.vae.named_parameters() if not n.startswith("decoder"))
         dec = sum(p.numel() for n, p in self.vae.named_parameters() if n.startswith("decoder"))
         cfg = self.unet.config
+        # a parameter-free VAE (PatchAutoencoder) has no convolution widths: its pixels are its only tensors
+        vae_channels = tuple(getattr(self.vae.config, "block_out_channels", None) or (self.vae_in_channels,))
         return ModelFootprint(
             unet_params=sum(p.numel() for p in self.unet.parameters()), vae_decoder_params=dec,
             vae_encoder_params=enc, clip_params=sum(p.numel() for p in self.clip.parameters()) if self.clip else 0,
             unet_channels=tuple(cfg.block_out_channels), unet_heads=tuple(cfg.per_level("num_attention_heads")),
-            vae_channels=tuple(self.vae.config.block_out_channels), latent_channels=cfg.out_channels,
+            vae_channels=vae_channels, latent_channels=cfg.out_channels,
             largest_layer_params=max(largest_leaf_params(m) for m in (self.unet, self.vae)),
         )
 
@@ -169,8 +176,13 @@ class ImageToVideoPipeline:
         with on_device(self.vae, self.device, self._offload):
             return self.vae.encode(pixels.to(self.device, torch.float32)).mode()
 
+    @property
+    def vae_in_channels(self) -> int:
+        return int(getattr(self.vae.config, "in_channels", 3))
+
     def default_settings(self, behaviour: str = "diffusers") -> GenerationSettings:
-        return default_settings(self.family, behaviour)
+        """The family's reference defaults, overridden by the model's own (``generation_defaults``)."""
+        return default_settings(self.family, behaviour).merged(self.model_defaults)
 
     @property
     def size_multiple(self) -> int:
@@ -262,6 +274,8 @@ class ImageToVideoPipeline:
         pil = _to_pil(image)
         cond, uncond = self._condition(pil, s, generator)
         x = self._denoise(cond, uncond, s, plan, generator, latents, callback, progress)
+        if self.residual:  # the model denoised the video minus the image's latents: add them back
+            x = x + self._image_latents(pil, s)[:, None].to(x.dtype)
         if output_type == "latent":
             return ImageToVideoOutput(x, s, plan)
         frames = self._decode(x, s, plan, progress)
@@ -277,6 +291,12 @@ class ImageToVideoPipeline:
                 fps=s.fps, motion_bucket_id=s.motion_bucket_id, noise_aug_strength=s.noise_aug_strength,
                 generator=generator, dtype=self.dtype)
         return cond, uncond
+
+    def _image_latents(self, pil: PIL.Image.Image, s: GenerationSettings) -> torch.Tensor:
+        """Scaled latents ``(1, C, h, w)`` of the clean conditioning image at the output size."""
+        resized = _pil_to_tensor(pil.resize((s.width, s.height), resample=PIL.Image.LANCZOS)) * 2 - 1
+        with on_device(self.vae, self.device, self._offload):
+            return self.vae.encode_latents(resized.to(self.device, torch.float32))
 
     def _denoise(self, cond, uncond, s: GenerationSettings, plan: MemoryPlan, generator: torch.Generator,
                  latents: torch.Tensor | None, callback, progress: bool) -> torch.Tensor:

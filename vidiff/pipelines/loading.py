@@ -14,19 +14,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidiff.autoencoders import AutoencoderKLTemporal, VAEConfig
+from vidiff.autoencoders import AutoencoderKLTemporal, PatchAutoencoder, PatchConfig, VAEConfig
 from vidiff.io.checkpoints import read_checkpoint
 from vidiff.io.components import Checkpoint
 from vidiff.io.weights import CheckpointError, load_state_dict_strict
 from vidiff.networks import UNetConfig, UNetSpatioTemporal
 
+# VAE classes by the ``_class_name`` of their config (diffusers' name for SVD's VAE is the default).
+AUTOENCODERS: dict[str, tuple[Any, type[nn.Module]]] = {
+    "AutoencoderKLTemporalDecoder": (VAEConfig, AutoencoderKLTemporal),
+    "PatchAutoencoder": (PatchConfig, PatchAutoencoder),
+}
+
 
 @dataclass
 class LoadedModel:
-    """The modules of an image-to-video model, with the configs they came from."""
+    """The modules of an image-to-video model, with the configs they came from.
+
+    ``extra``: ``notes`` of the read, plus the model-level settings a vidiff folder stores in ``vidiff.json``
+    (``generation_defaults``: the model's own default settings; ``residual``: the UNet denoises the video
+    minus the conditioning image's latents, which the pipeline adds back).
+    """
 
     unet: UNetSpatioTemporal
-    vae: AutoencoderKLTemporal
+    vae: AutoencoderKLTemporal | PatchAutoencoder
     image_encoder: nn.Module | None
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
@@ -70,7 +81,10 @@ def load_model(path: str | Path, *, num_frames: int | None = None) -> LoadedMode
     """Read and build every component of the checkpoint at ``path`` (diffusers, single-file or vidiff)."""
     ckpt = read_checkpoint(path, num_frames=num_frames)
     unet = _build(ckpt, "unet", UNetConfig, UNetSpatioTemporal).eval()
-    vae = _build(ckpt, "vae", VAEConfig, AutoencoderKLTemporal).eval()
+    vae_class = ckpt["vae"].config.get("_class_name", "AutoencoderKLTemporalDecoder")
+    if vae_class not in AUTOENCODERS:
+        raise CheckpointError(f"vae: unknown _class_name {vae_class!r} (known: {', '.join(AUTOENCODERS)})")
+    vae = _build(ckpt, "vae", *AUTOENCODERS[vae_class]).eval()
     image_encoder = _build_image_encoder(ckpt) if "image_encoder" in ckpt.components else None
     fe = ckpt.components.get("feature_extractor")
     fe_config = fe.config if fe is not None else {}
@@ -80,5 +94,5 @@ def load_model(path: str | Path, *, num_frames: int | None = None) -> LoadedMode
     return LoadedModel(
         unet=unet, vae=vae, image_encoder=image_encoder, image_mean=mean, image_std=std,  # type: ignore[arg-type]
         scheduler_config=dict(sched.config) if sched is not None else {}, model_type=ckpt.model_type,
-        layout=ckpt.layout, extra={"notes": list(ckpt.notes)},
+        layout=ckpt.layout, extra={**ckpt.extra, "notes": list(ckpt.notes)},
     )
