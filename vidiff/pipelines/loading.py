@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidiff.autoencoders import AutoencoderKLTemporal, PatchAutoencoder, PatchConfig, VAEConfig
+from vidiff.autoencoders import (
+    AutoencoderKL,
+    AutoencoderKLTemporal,
+    ImageVAEConfig,
+    PatchAutoencoder,
+    PatchConfig,
+    VAEConfig,
+)
 from vidiff.io.checkpoints import read_checkpoint
 from vidiff.io.components import Checkpoint
 from vidiff.io.weights import CheckpointError, load_state_dict_strict
@@ -24,6 +31,7 @@ from vidiff.networks import UNetConfig, UNetSpatioTemporal
 AUTOENCODERS: dict[str, tuple[Any, type[nn.Module]]] = {
     "AutoencoderKLTemporalDecoder": (VAEConfig, AutoencoderKLTemporal),
     "PatchAutoencoder": (PatchConfig, PatchAutoencoder),
+    "AutoencoderKL": (ImageVAEConfig, AutoencoderKL),  # SD's per-frame decoder, as SV3D ships
 }
 
 
