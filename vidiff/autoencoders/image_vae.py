@@ -6,7 +6,7 @@ bounds memory. State-dict keys follow diffusers' ``AutoencoderKL`` (``post_quant
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,11 +38,7 @@ class ImageVAEConfig(VAEConfig):
                 raise ValueError(f"vae {key} must be SD's encoder/decoder blocks, got {config[key]}")
         if config.get("use_quant_conv", True) is False:
             raise ValueError("vae use_quant_conv=False is not supported (SD and SV3D both have quant_conv)")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in known | _IGNORED)
-        if unknown:
-            raise ValueError(f"unknown vae config key(s): {', '.join(unknown)}")
-        return cls(**{k: v for k, v in config.items() if k in known})
+        return cls._from_known_keys(config, _IGNORED)
 
     def to_diffusers(self) -> dict[str, Any]:
         d = super().to_diffusers()

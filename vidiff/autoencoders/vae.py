@@ -56,8 +56,14 @@ class VAEConfig:
         blocks = config.get("down_block_types")
         if blocks is not None and any(b != "DownEncoderBlock2D" for b in blocks):
             raise ValueError(f"vae down_block_types must all be DownEncoderBlock2D, got {blocks}")
+        return cls._from_known_keys(config, _IGNORED_KEYS)
+
+    @classmethod
+    def _from_known_keys(cls, config: dict[str, Any], ignored: set[str]) -> Any:
+        """Build from the dataclass's own keys; bookkeeping (``_*``) and ``ignored`` keys are dropped and any
+        other key is an error naming it."""
         known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in known | _IGNORED_KEYS)
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in known | ignored)
         if unknown:
             raise ValueError(f"unknown vae config key(s): {', '.join(unknown)}")
         return cls(**{k: v for k, v in config.items() if k in known})
