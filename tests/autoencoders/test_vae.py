@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 import torch
 
 from vidiff.autoencoders import VAE_PRESETS, AutoencoderKLTemporal, VAEConfig
-
-diffusers = pytest.importorskip("diffusers")
 
 TINY = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, layers_per_block=1)
 

@@ -10,15 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import diffusers
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
-
-from vidiff.cli.main import main  # noqa: E402
+from vidiff.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import diffusers
 import pytest
 import torch
+import transformers
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
-
-from vidiff.cli.main import main  # noqa: E402
-from vidiff.io import Checkpoint, Component, write_checkpoint  # noqa: E402
-from vidiff.io.components import default_feature_extractor_config, default_scheduler_config  # noqa: E402
+from vidiff.cli.main import main
+from vidiff.io import Checkpoint, Component, write_checkpoint
+from vidiff.io.components import default_feature_extractor_config, default_scheduler_config
 
 
 def _modules(adm: int, num_frames: int, temporal_vae: bool = True):

@@ -6,10 +6,15 @@ import math
 import sysconfig
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+    _resize_with_antialiasing,
+)
+from diffusers.utils.torch_utils import randn_tensor
 
 from vidiff.conditioning import (
     CLIPImageEmbedder,
@@ -24,12 +29,6 @@ from vidiff.conditioning import (
     sv3d_default_orbit,
 )
 from vidiff.utils import timestep_embedding
-
-diffusers = pytest.importorskip("diffusers")
-from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (  # noqa: E402
-    _resize_with_antialiasing,
-)
-from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 
 PHOTOS = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -23,8 +24,6 @@ from vidiff.diffusion import (
     scaled_linear_betas,
     sigma_from_alpha_bar,
 )
-
-diffusers = pytest.importorskip("diffusers")
 
 
 def _svd_scheduler(**overrides):

@@ -6,22 +6,20 @@ import json
 import shutil
 from pathlib import Path
 
+import diffusers
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
-
-from vidiff.io import (  # noqa: E402
+from vidiff.io import (
     CheckpointError,
     detect_layout,
     load_state_dict_strict,
     read_checkpoint,
     write_checkpoint,
 )
-from vidiff.io.single_file import infer_unet_config, infer_vae_config  # noqa: E402
+from vidiff.io.single_file import infer_unet_config, infer_vae_config
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,14 @@ torch's own ``nn.MultiheadAttention`` for the OpenCLIP forward.
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
-
-from vidiff.io.clip_keymap import clip_config_from_state_dict, clip_from_open_clip, clip_to_open_clip  # noqa: E402
-from vidiff.io.keymaps import (  # noqa: E402
+from vidiff.io.clip_keymap import clip_config_from_state_dict, clip_from_open_clip, clip_to_open_clip
+from vidiff.io.keymaps import (
     unet_diffusers_to_sgm_key,
     unet_from_sgm,
     unet_sgm_to_diffusers_key,
@@ -23,8 +22,8 @@ from vidiff.io.keymaps import (  # noqa: E402
     vae_from_sgm,
     vae_to_sgm,
 )
-from vidiff.io.shapes import expected_shapes  # noqa: E402
-from vidiff.io.weights import CheckpointError, check_state_dict  # noqa: E402
+from vidiff.io.shapes import expected_shapes
+from vidiff.io.weights import CheckpointError, check_state_dict
 
 TINY_UNET = dict(
     in_channels=8,

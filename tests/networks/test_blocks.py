@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers.models import resnet as diffusers_resnet
+from diffusers.models.transformers import transformer_temporal as diffusers_tt
 
-diffusers_resnet = pytest.importorskip("diffusers.models.resnet")
-diffusers_tt = pytest.importorskip("diffusers.models.transformers.transformer_temporal")
-
-from vidiff.networks.resnet import AlphaBlender, SpatioTemporalResBlock  # noqa: E402
-from vidiff.networks.transformer import SpatioTemporalTransformer  # noqa: E402
+from vidiff.networks.resnet import AlphaBlender, SpatioTemporalResBlock
+from vidiff.networks.transformer import SpatioTemporalTransformer
 
 B, T, H, W = 2, 3, 4, 5
 

@@ -6,13 +6,12 @@ inputs; diffusers receives the raw added_time_ids and embeds them itself, vidiff
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-
-from vidiff.networks.unet_st import UNET_PRESETS, UNetConfig, UNetSpatioTemporal  # noqa: E402
-from vidiff.utils import timestep_embedding  # noqa: E402
+from vidiff.networks.unet_st import UNET_PRESETS, UNetConfig, UNetSpatioTemporal
+from vidiff.utils import timestep_embedding
 
 TOL = 1e-5
 

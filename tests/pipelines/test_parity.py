@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import PIL.Image
 import pytest
@@ -16,8 +17,6 @@ import torch
 
 from vidiff.io import read_checkpoint, write_checkpoint
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline
-
-diffusers = pytest.importorskip("diffusers")
 
 TOL = 1e-4
 

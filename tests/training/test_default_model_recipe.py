@@ -54,8 +54,7 @@ def test_mixture_from_config_builds_sources() -> None:
                                               {"dataset": "moving_shapes", "weight": 2.0},
                                               {"dataset": "camera_move", "images": "skimage",
                                                "exclude": ["astronaut.png"], "strength": [0.0, 1.0]}]}})
-    if not skimage_photographs():
-        pytest.skip("scikit-image's photographs are not installed")
+    assert skimage_photographs(), "scikit-image's photographs (a dev dependency) are not installed"
     ds = build_dataset(cfg.data, seed=0)
     assert isinstance(ds, MixtureDataset) and len(ds) == 6
     assert all("astronaut" not in str(p) for p in ds.datasets[1].images)
