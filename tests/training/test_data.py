@@ -194,3 +194,39 @@ def test_camera_moves() -> None:
     assert 10 * torch.log10(1 / ((first - ref) ** 2).mean()) > 22
     with pytest.raises(ValueError, match="moves"):
         CameraMoveDataset(images, 4, 32, 32, moves=("dolly",))
+
+
+def test_camera_move_jitter_varies_the_first_frame_and_keeps_exact_buckets() -> None:
+    """One photograph, many first frames: random window size, position and mirroring; the exact bucket still
+    matches the flow measured on the rendered clip (same tolerance as above)."""
+    ds = CameraMoveDataset([SKIMAGE / "chelsea.png"], 6, 96, 128, num_samples=12, seed=3,
+                           crop_fraction=(0.4, 0.8), jitter=True, max_angle=15)
+    firsts = torch.stack([ds[i]["video"][0] for i in range(len(ds))])
+    gaps = (firsts[:, None] - firsts[None]).abs().mean(dim=(2, 3, 4))
+    assert gaps[~torch.eye(len(ds), dtype=torch.bool)].min() > 0.01  # no two first frames alike
+    for i in range(len(ds)):
+        item = ds[i]
+        measured = clip_motion_bucket((item["video"] + 1) / 2)
+        assert abs(measured - item["motion_bucket_id"]) <= 0.2 * item["motion_bucket_id"] + 2
+    with pytest.raises(ValueError, match="crop_fraction"):
+        CameraMoveDataset([SKIMAGE / "chelsea.png"], 4, 32, 32, crop_fraction=(0.8, 0.4))
+
+
+def test_camera_move_scale_maps_the_same_motion_to_proportional_buckets() -> None:
+    a = CameraMoveDataset([SKIMAGE / "chelsea.png"], 6, 64, 64, num_samples=4, seed=1, strength=(0.3, 0.6))
+    b = CameraMoveDataset([SKIMAGE / "chelsea.png"], 6, 64, 64, num_samples=4, seed=1, strength=(0.3, 0.6),
+                          motion_bucket_scale=2 * DEFAULT_MOTION_SCALE)
+    for i in range(4):
+        assert torch.equal(a[i]["video"], b[i]["video"])
+        assert abs(b[i]["motion_bucket_id"] - min(255, 2 * a[i]["motion_bucket_id"])) <= 1
+
+
+def test_clips_per_video_gives_many_clips_of_each_video(folder: Path) -> None:
+    ds, _ = build(folder, clips_per_video=6)
+    one, _ = build(folder)
+    assert len(ds) == 6 * len(one)
+    n = len(one)
+    starts = {ds[i]["start"] for i in range(0, len(ds), n)}  # every item of the first video
+    assert len(starts) >= 3 and all(ds[i]["path"] == ds[0]["path"] for i in range(0, len(ds), n))
+    with pytest.raises(IndexError):
+        ds[len(ds)]

@@ -132,6 +132,8 @@ class VideoFolderDataset(Dataset):
     ``motion_bucket_id`` is given. ``size=(H, W)`` and ``fps=`` are accepted as aliases of
     ``height, width`` and ``fps_override``. ``flow_pairs``: measure the flow on that many evenly spaced
     consecutive-frame pairs only (an estimate of the same mean, much cheaper) instead of all of them.
+    ``clips_per_video``: items per video and epoch (item ``index`` reads video ``index % len(videos)``, its
+    start drawn from ``(seed, epoch, index)``), so a few long videos still give many different clips.
     """
 
     def __init__(self, root: str | os.PathLike, *, num_frames: int, height: int | None = None,
@@ -139,10 +141,13 @@ class VideoFolderDataset(Dataset):
                  fps_override: float | None = None, fps: float | None = None,
                  motion_bucket_scale: float = DEFAULT_MOTION_SCALE, motion_bucket_id: int | None = None,
                  extensions: Sequence[str] = ("mp4", "webm", "gif", "mov", "mkv"), crop: str = "center",
-                 flow_width: int = 128, flow_pairs: int | None = None, seed: int = 0) -> None:
+                 flow_width: int = 128, flow_pairs: int | None = None, clips_per_video: int = 1,
+                 seed: int = 0) -> None:
         self.height, self.width = _hw(height, width, size)
-        if num_frames < 1 or frame_stride < 1:
-            raise ValueError(f"num_frames and frame_stride must be >= 1, got {num_frames}, {frame_stride}")
+        if num_frames < 1 or frame_stride < 1 or clips_per_video < 1:
+            raise ValueError(f"num_frames, frame_stride and clips_per_video must be >= 1, got {num_frames}, "
+                             f"{frame_stride}, {clips_per_video}")
+        self.clips_per_video = clips_per_video
         if crop not in ("center", "random"):
             raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
         self.root = Path(root)
@@ -175,9 +180,11 @@ class VideoFolderDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) * self.clips_per_video
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
         n = len(self.items)
         for k in range(n):
             i = (index + k) % n
@@ -424,6 +431,9 @@ class CameraMoveDataset(Dataset):
     the move). Parameters change linearly in time (zoom geometrically), so speed is constant. A strength
     drawn in ``strength`` scales the move: pans travel up to the margin, zooms up to ×1.5, rotations up to
     ``max_angle`` degrees. The motion bucket is the exact mean flow of the move (module docstring).
+    ``crop_fraction`` may be a range ``(lo, hi)`` drawn per item, and ``jitter`` places the first window
+    anywhere inside the photo and mirrors the photo half of the time, so that a few photographs give many
+    different first frames (a model then learns the move, not the photographs).
     ``images`` are paths or ``(3, H, W)`` tensors in [0, 1]; ``None`` uses :func:`skimage_photographs`.
     Item ``index`` uses image ``index % len(images)`` and depends only on ``(seed, index)``.
     """
@@ -432,7 +442,8 @@ class CameraMoveDataset(Dataset):
                  num_frames: int = 14, height: int | None = None, width: int | None = None, *,
                  size: Sequence[int] | None = None, num_samples: int | None = None, seed: int = 0,
                  moves: Sequence[str] = ("pan", "zoom", "rotate"),
-                 strength: tuple[float, float] = (0.2, 1.0), crop_fraction: float = 0.75,
+                 strength: tuple[float, float] = (0.2, 1.0),
+                 crop_fraction: float | tuple[float, float] = 0.75, jitter: bool = False,
                  max_angle: float = 10.0, fps: float = 7.0,
                  motion_bucket_scale: float = DEFAULT_MOTION_SCALE) -> None:
         self.height, self.width = _hw(height, width, size)
@@ -443,12 +454,13 @@ class CameraMoveDataset(Dataset):
         bad = [m for m in moves if m not in ("pan", "zoom", "rotate")]
         if bad or not moves:
             raise ValueError(f"moves must be a non-empty subset of ('pan', 'zoom', 'rotate'), got {moves}")
-        if not (0 <= strength[0] <= strength[1] <= 1) or not 0 < crop_fraction <= 1 or num_frames < 1:
-            raise ValueError(f"need 0 <= strength lo <= hi <= 1, 0 < crop_fraction <= 1, num_frames >= 1; "
-                             f"got {strength}, {crop_fraction}, {num_frames}")
+        crop = (crop_fraction, crop_fraction) if isinstance(crop_fraction, (int, float)) else tuple(crop_fraction)
+        if not (0 <= strength[0] <= strength[1] <= 1) or not 0 < crop[0] <= crop[1] <= 1 or num_frames < 1:
+            raise ValueError(f"need 0 <= strength lo <= hi <= 1, 0 < crop_fraction (lo <= hi) <= 1, "
+                             f"num_frames >= 1; got {strength}, {crop_fraction}, {num_frames}")
         self.images, self.num_frames, self.seed = imgs, num_frames, seed
         self.num_samples = num_samples if num_samples is not None else len(imgs)
-        self.moves, self.strength, self.crop_fraction = tuple(moves), strength, crop_fraction
+        self.moves, self.strength, self.crop_fraction, self.jitter = tuple(moves), strength, crop, jitter
         self.max_angle, self.fps, self.motion_bucket_scale = max_angle, fps, motion_bucket_scale
         self._cache: dict[int, torch.Tensor] = {}
 
@@ -474,24 +486,34 @@ class CameraMoveDataset(Dataset):
         photo = self._image(index % len(self.images))
         hp, wp = photo.shape[-2:]
         t, h, w = self.num_frames, self.height, self.width
-        wb = self.crop_fraction * min(wp, hp * w / h)  # base window in photo pixels
-        s = wb / w
-        hb = h * s
         move = self.moves[int(torch.randint(len(self.moves), (), generator=g))]
         k = _uniform(g, *self.strength)
         phi = _uniform(g, 0, 2 * math.pi)
         sign = 1.0 if torch.rand((), generator=g) < 0.5 else -1.0
+        wb = _uniform(g, *self.crop_fraction) * min(wp, hp * w / h)  # base window in photo pixels
+        s = wb / w
+        hb = h * s
+        # the first window's centre; its half-extent is (wb - 1)/2 in photo pixels 0 … wp - 1
+        rx, ry = (wb - 1) / 2, (hb - 1) / 2
+        x0, y0 = (wp - 1) / 2, (hp - 1) / 2
+        if self.jitter:
+            x0, y0 = _uniform(g, rx, wp - 1 - rx), _uniform(g, ry, hp - 1 - ry)
+            if torch.rand((), generator=g) < 0.5:
+                photo = photo.flip(-1)
         u = torch.linspace(0, 1, t, dtype=torch.float64) if t > 1 else torch.zeros(1, dtype=torch.float64)
-        cx = torch.full_like(u, (wp - 1) / 2)
-        cy = torch.full_like(u, (hp - 1) / 2)
+        cx = torch.full_like(u, x0)
+        cy = torch.full_like(u, y0)
         zoom = torch.ones_like(u)
         theta = torch.zeros_like(u)
-        if move == "pan":
-            cx = cx + u * k * (wp - wb) / 2 * math.cos(phi)
-            cy = cy + u * k * (hp - hb) / 2 * math.sin(phi)
+        if move == "pan":  # towards the photo's edge in direction phi, up to the room left there
+            dx, dy = math.cos(phi), math.sin(phi)
+            room_x = wp - 1 - rx - x0 if dx > 0 else x0 - rx
+            room_y = hp - 1 - ry - y0 if dy > 0 else y0 - ry
+            cx = cx + u * k * room_x * dx
+            cy = cy + u * k * room_y * dy
         elif move == "zoom":  # zoom out is limited by the room around the window
-            room = min(wp / wb, hp / hb)
-            z_end = 1 / (1 + 0.5 * k) if sign > 0 else min(1 + 0.5 * k, room)
+            room = min(min(x0, wp - 1 - x0) / max(rx, 1e-9), min(y0, hp - 1 - y0) / max(ry, 1e-9))
+            z_end = 1 / (1 + 0.5 * k) if sign > 0 else min(1 + 0.5 * k, max(room, 1.0))
             zoom = z_end ** u
         else:
             theta = u * sign * k * math.radians(self.max_angle)
