@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from vidiff.training.config import ConfigError, TrainConfig
 from vidiff.training.data import CameraMoveDataset, MixtureDataset, MovingShapesDataset, skimage_photographs
@@ -67,17 +68,21 @@ def test_patch_training_exports_a_pipeline(tmp_path: Path) -> None:
 
     cfg = TrainConfig.from_dict({
         "output_dir": str(tmp_path / "run"), "progress": False, "device": "cpu",
-        "model": {"preset": "tiny", "autoencoder": "patch", "patch_size": 4, "residual": True},
+        "model": {"preset": "tiny", "autoencoder": "patch", "patch_size": 4, "residual": True, "sigma_max": 5.0},
         "data": {"dataset": "moving_shapes", "num_frames": 3, "height": 16, "width": 16, "num_samples": 4,
                  "batch_size": 1},
-        "schedule": {"max_steps": 2}, "checkpoint": {"every_steps": 0},
+        "schedule": {"max_steps": 2}, "checkpoint": {"every_steps": 0, "export_dtype": "float16"},
     })
     result = train(cfg)
+    with safe_open(str(next((result.model_dir / "unet").glob("*.safetensors"))), "pt") as f:
+        names = list(f.keys())
+        assert {f.get_slice(k).get_dtype() for k in names} == {"F16"}  # half the bytes on disk
     manifest = json.loads((result.model_dir / "vidiff.json").read_text())
     assert "image_encoder" not in manifest["components"]
     assert manifest["residual"] is True
     assert manifest["generation_defaults"] == {"height": 16, "width": 16, "num_frames": 3}
     pipe = ImageToVideoPipeline.from_pretrained(result.model_dir)
-    assert pipe.residual and pipe.clip is None
+    assert pipe.residual and pipe.clip is None and pipe.sigma_max == 5.0
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.float32}  # cast to the pipeline's dtype
     out = pipe(torch.rand(3, 16, 16), num_inference_steps=2, output_type="pt", progress=False)
     assert out.frames.shape == (1, 3, 3, 16, 16)

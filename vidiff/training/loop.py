@@ -247,7 +247,8 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
         if ema is not None and cfg.checkpoint.export_weights == "ema":
             weights = D.full_state(ema.state_dict())
         if env.is_main:
-            model_dir = export_model(bundle, weights, out / "model", cfg.model.init_from)
+            model_dir = export_model(bundle, weights, out / "model", cfg.model.init_from,
+                                     dtype=getattr(torch, cfg.checkpoint.export_dtype))
         D.barrier()
     return TrainResult(output_dir=out, step=cfg.schedule.max_steps, losses=losses, model_dir=model_dir,
                        checkpoint=last_ckpt, resumed_from=resumed_from)

@@ -35,9 +35,6 @@ from vidiff.networks.unet_st import UNET_PRESETS, UNetSpatioTemporal
 from vidiff.training.config import DataConfig, ModelConfig
 
 PIXEL_CHANNELS = 3
-# Largest sampling noise level of pixel/patch-space models: pixels have unit scale, so EDM's σ_max = 80
-# (Karras et al. 2022, Table 1) already drowns them; SVD's 700 is for its latents.
-PATCH_SIGMA_MAX = 80.0
 
 
 @dataclass
@@ -117,8 +114,10 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
         ucfg = UNET_PRESETS[cfg.preset].replace(in_channels=2 * channels, out_channels=channels,
                                                 num_frames=data.num_frames, **sizes)
         bundle = ModelBundle(unet=UNetSpatioTemporal(ucfg), vae=vae)
+    # σ_max of pixel/patch-space pipelines (ModelConfig.sigma_max): EDM's 80 (Karras et al. 2022, Table 1)
+    # already drowns unit-scale pixels; SVD's 700 is for its latents.
     bundle.extra.update({"residual": cfg.residual, "height": data.height, "width": data.width,
-                         "num_frames": data.num_frames})
+                         "num_frames": data.num_frames, "sigma_max": cfg.sigma_max})
     _freeze(bundle.vae)
     _freeze(bundle.image_encoder)
     if flow:
@@ -136,7 +135,9 @@ def build_dataset(cfg: DataConfig, *, seed: int) -> torch.utils.data.Dataset:
     from vidiff.training import data as data_mod
 
     size = (cfg.height, cfg.width)
-    extra: dict[str, Any] = {"fps": cfg.fps} if cfg.fps is not None else {}
+    extra: dict[str, Any] = {"motion_bucket_scale": cfg.motion_bucket_scale}
+    if cfg.fps is not None:
+        extra["fps"] = cfg.fps
     if cfg.dataset == "mixture":
         sources = [_component_dataset(c, cfg, seed=seed + 1000 * (i + 1), extra=extra)
                    for i, c in enumerate(cfg.components)]
@@ -158,7 +159,8 @@ def _component_dataset(c: Any, cfg: DataConfig, *, seed: int, extra: dict[str, A
     if c.dataset == "video_folder":
         return data_mod.VideoFolderDataset(data_mod.resolve_root(c.root), num_frames=cfg.num_frames, size=size,
                                            seed=seed, motion_bucket_id=cfg.motion_bucket_id,
-                                           flow_width=c.flow_width, flow_pairs=c.flow_pairs, **extra)
+                                           flow_width=c.flow_width, flow_pairs=c.flow_pairs,
+                                           clips_per_video=c.clips_per_video, crop=c.crop, **extra)
     if c.dataset == "moving_shapes":
         return data_mod.MovingShapesDataset(num_samples=n, num_frames=cfg.num_frames, size=size, seed=seed,
                                             **extra)
@@ -169,7 +171,8 @@ def _component_dataset(c: Any, cfg: DataConfig, *, seed: int, extra: dict[str, A
     if not images:
         raise ValueError(f"camera_move source ({c.images}) found no images")
     return data_mod.CameraMoveDataset(images, num_frames=cfg.num_frames, size=size, num_samples=n, seed=seed,
-                                      strength=tuple(c.strength), **extra)
+                                      strength=tuple(c.strength), crop_fraction=tuple(c.crop_fraction),
+                                      jitter=c.jitter, max_angle=c.max_angle, **extra)
 
 
 def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -245,19 +248,20 @@ def patch_checkpoint(bundle: ModelBundle, unet_sd: dict[str, torch.Tensor]) -> A
         "unet": Component({"_class_name": "UNetSpatioTemporalConditionModel",
                            **bundle.unet_config.to_diffusers()}, unet_sd),
         "vae": Component(bundle.vae.config.to_diffusers(), None),
-        "scheduler": Component({**default_scheduler_config(), "sigma_max": PATCH_SIGMA_MAX}),
+        "scheduler": Component({**default_scheduler_config(), "sigma_max": float(extra["sigma_max"])}),
     }, extra={"residual": bool(extra.get("residual")),
               "generation_defaults": {"height": extra["height"], "width": extra["width"],
                                       "num_frames": extra["num_frames"]}})
 
 
 def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir: Path,
-                 init_from: str | None = None) -> Path:
+                 init_from: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Save the trained model; return the folder a pipeline loads.
 
     ``weights``: the trained module's state (``unet.*``, ``motion_head.*``). Fine-tuned models are written
     as a complete vidiff-layout checkpoint (``vidiff.io.write_checkpoint``: the trained UNet plus the
-    source checkpoint's VAE, image encoder, feature extractor and scheduler), which
+    source checkpoint's VAE, image encoder, feature extractor and scheduler; floating-point UNet tensors
+    stored as ``dtype``), which
     ``ImageToVideoPipeline.from_pretrained`` reads and ``vidiff convert`` turns into a diffusers folder.
     Patch-space models (``model.autoencoder: patch``) are complete pipelines too (:func:`patch_checkpoint`).
     Pixel-space models (no VAE) are not pipelines: only ``unet/`` (``config.json`` in diffusers vocabulary
@@ -273,8 +277,8 @@ def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir:
     )
 
     out_dir = Path(out_dir)
-    unet_sd = {k[len("unet."):]: v.detach().cpu().contiguous() for k, v in weights.items()
-               if k.startswith("unet.")}
+    unet_sd = {k[len("unet."):]: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in weights.items() if k.startswith("unet.")}
     unet_config = bundle.unet_config.to_diffusers()
     if init_from is not None:
         ckpt = read_checkpoint(init_from)
