@@ -18,6 +18,7 @@ from vidiff.diffusion import (
     Scaling,
     VScaling,
     VScalingEDMcNoise,
+    X0Scaling,
     scaled_linear_betas,
 )
 
@@ -30,12 +31,12 @@ def _schedule() -> DiscreteSchedule:
 
 def _scalings() -> list[Scaling]:
     return [EDMScaling(0.5), EDMScaling(1.3), EpsScaling(), VScaling(), VScalingEDMcNoise(),
-            DiscreteEpsScaling(_schedule())]
+            DiscreteEpsScaling(_schedule()), X0Scaling(0.25)]
 
 
 def _sigma_of_c_noise(scaling: Scaling, c_noise: torch.Tensor) -> torch.Tensor:
     """Invert each scaling's c_noise (independently of the library)."""
-    if isinstance(scaling, EDMScaling | VScalingEDMcNoise):
+    if isinstance(scaling, EDMScaling | VScalingEDMcNoise | X0Scaling):
         return torch.exp(4 * c_noise)  # c_noise = ¼ ln σ
     if isinstance(scaling, DiscreteEpsScaling):
         return scaling.schedule.t_to_sigma(c_noise)
@@ -69,10 +70,20 @@ def test_eps_and_v_coefficients() -> None:
     for a, b in zip(svd[:3], v[:3]):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(svd.c_noise, edm1.c_noise)
-    assert set(SCALINGS) == {"edm", "eps", "v", "v_edm"}
+    assert set(SCALINGS) == {"edm", "eps", "v", "v_edm", "x0"}
 
 
-@pytest.mark.parametrize("scaling", [EpsScaling(), VScaling(), VScalingEDMcNoise()], ids=repr)
+def test_x0_coefficients() -> None:
+    """x₀-prediction: nothing of x passes through, the network's output is the sample in units of σ_data."""
+    sd = 0.25
+    c_skip, c_out, c_in, c_noise = X0Scaling(sd)(SIGMAS)
+    torch.testing.assert_close(c_skip, torch.zeros_like(SIGMAS))
+    torch.testing.assert_close(c_out, torch.full_like(SIGMAS, sd))
+    torch.testing.assert_close(c_in, 1 / (SIGMAS**2 + sd**2).sqrt())
+    torch.testing.assert_close(c_noise, SIGMAS.log() / 4)
+
+
+@pytest.mark.parametrize("scaling", [EpsScaling(), VScaling(), VScalingEDMcNoise(), X0Scaling(0.25)], ids=repr)
 def test_closed_form_targets_equal_generic_target(scaling: Scaling) -> None:
     """ε target = n, v target = (n − σx₀)/√(σ²+1) agree with F = (x₀ − c_skip x)/c_out (EDM eq. 8)."""
     g = torch.Generator().manual_seed(0)
@@ -95,7 +106,7 @@ class TargetNetwork:
         return self.scaling.target(cond["x0"], cond["noise"], sigma)
 
     def _sd2(self) -> float:
-        return self.scaling.sigma_data**2 if isinstance(self.scaling, EDMScaling) else 1.0
+        return self.scaling.sigma_data**2 if isinstance(self.scaling, EDMScaling | X0Scaling) else 1.0
 
 
 @pytest.mark.parametrize("scaling", _scalings(), ids=repr)

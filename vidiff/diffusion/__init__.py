@@ -44,6 +44,8 @@ from vidiff.diffusion.scalings import (
     Scaling,
     VScaling,
     VScalingEDMcNoise,
+    X0Scaling,
+    scaling_by_name,
 )
 from vidiff.diffusion.schedules import (
     BETA_SCHEDULES,
@@ -84,6 +86,7 @@ __all__ = [
     "VScaling",
     "VScalingEDMcNoise",
     "VWeighting",
+    "X0Scaling",
     "alpha_bar_from_sigma",
     "alphas_cumprod",
     "ancestral_step",
@@ -106,6 +109,7 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_heun",
     "scaled_linear_betas",
+    "scaling_by_name",
     "sigma_from_alpha_bar",
     "to_d",
     "triangle_frame_scales",

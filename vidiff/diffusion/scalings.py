@@ -126,6 +126,32 @@ class VScalingEDMcNoise(VScaling):
         return 0.25 * sigma.log()
 
 
+class X0Scaling(Scaling):
+    """x₀-prediction ("sample" in diffusers' ``prediction_type``) with EDM's input scaling and ``c_noise``.
+
+    ``c_skip = 0``, ``c_out = σ_data``, ``c_in = 1/√(σ²+σ_data²)``, ``c_noise = ¼ ln σ``: the network outputs
+    the clean sample (in units of σ_data) and nothing of ``x`` is passed through. That matters when the
+    network is narrower than its input (a patch-space UNet): with ``c_skip → 1`` at small σ it would have to
+    carry every noise dimension to its output to remove it; here noise it cannot represent is dropped.
+    """
+
+    def __init__(self, sigma_data: float = 1.0) -> None:
+        self.sigma_data = float(sigma_data)
+
+    def __call__(self, sigma: Tensor) -> Coefficients:
+        c_skip = torch.zeros_like(sigma)
+        c_out = torch.full_like(sigma, self.sigma_data)
+        c_in = 1.0 / (sigma**2 + self.sigma_data**2).sqrt()
+        return Coefficients(c_skip, c_out, c_in, 0.25 * sigma.log())
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        """The ideal output is the clean sample itself, in units of σ_data."""
+        return x0 / self.sigma_data
+
+    def __repr__(self) -> str:
+        return f"X0Scaling(sigma_data={self.sigma_data})"
+
+
 def c_noise_to_sigma_edm(c_noise: Tensor) -> Tensor:
     """Inverse of EDM's ``c_noise = ¼ ln σ`` (handy when a network's timestep must be read back as σ)."""
     return torch.exp(4.0 * c_noise)
@@ -136,4 +162,13 @@ SCALINGS: dict[str, type[Scaling]] = {
     "eps": EpsScaling,
     "v": VScaling,
     "v_edm": VScalingEDMcNoise,
+    "x0": X0Scaling,
 }
+
+
+def scaling_by_name(name: str, sigma_data: float = 1.0) -> Scaling:
+    """The scaling ``SCALINGS[name]``; ``sigma_data`` goes to those that have one (EDM, x₀)."""
+    if name not in SCALINGS:
+        raise ValueError(f"unknown scaling {name!r}; known: {sorted(SCALINGS)}")
+    cls = SCALINGS[name]
+    return cls(sigma_data) if cls in (EDMScaling, X0Scaling) else cls()
