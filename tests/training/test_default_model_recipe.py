@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from vidiff.diffusion import X0Scaling
 from vidiff.training.config import ConfigError, TrainConfig
 from vidiff.training.data import CameraMoveDataset, MixtureDataset, MovingShapesDataset, skimage_photographs
 from vidiff.training.model import build_dataset
@@ -72,6 +73,7 @@ def test_patch_training_exports_a_pipeline(tmp_path: Path) -> None:
         "data": {"dataset": "moving_shapes", "num_frames": 3, "height": 16, "width": 16, "num_samples": 4,
                  "batch_size": 1},
         "schedule": {"max_steps": 2}, "checkpoint": {"every_steps": 0, "export_dtype": "float16"},
+        "loss": {"scaling": "x0", "sigma_data": 0.25, "weighting": "unit"},
     })
     result = train(cfg)
     with safe_open(str(next((result.model_dir / "unet").glob("*.safetensors"))), "pt") as f:
@@ -83,6 +85,9 @@ def test_patch_training_exports_a_pipeline(tmp_path: Path) -> None:
     assert manifest["generation_defaults"] == {"height": 16, "width": 16, "num_frames": 3}
     pipe = ImageToVideoPipeline.from_pretrained(result.model_dir)
     assert pipe.residual and pipe.clip is None and pipe.sigma_max == 5.0
+    assert isinstance(pipe.scaling, X0Scaling) and pipe.scaling.sigma_data == 0.25  # sampled as trained
+    sched = json.loads((result.model_dir / "scheduler" / "config.json").read_text())
+    assert sched["prediction_type"] == "sample"
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.float32}  # cast to the pipeline's dtype
     out = pipe(torch.rand(3, 16, 16), num_inference_steps=2, output_type="pt", progress=False)
     assert out.frames.shape == (1, 3, 3, 16, 16)

@@ -27,11 +27,13 @@ from vidiff.diffusion import (
     SAMPLERS,
     CFGDenoiser,
     Denoiser,
+    Scaling,
     VScalingEDMcNoise,
     initial_noise_scale,
     karras_sigmas,
     linear_frame_scales,
     per_frame,
+    scaling_by_name,
     triangle_frame_scales,
 )
 from vidiff.pipelines.defaults import FAMILIES, ModelFamily, default_settings
@@ -110,6 +112,7 @@ class ImageToVideoPipeline:
         sched = model.scheduler_config
         self.sigma_min = float(sched.get("sigma_min", family.sigma_min))
         self.sigma_max = float(sched.get("sigma_max", family.sigma_max))
+        self.scaling = _scaling(sched)
         self._offload = "none"
         self._sequential: list[SequentialOffload] = []
         self._place("none")
@@ -313,7 +316,7 @@ class ImageToVideoPipeline:
             x = latents.to(self.device).float()
         ramp = linear_frame_scales if self.family.guidance_ramp == "linear" else triangle_frame_scales
         scales = per_frame(ramp(s.min_guidance_scale, s.max_guidance_scale, s.num_frames)).to(self.device)
-        denoiser = Denoiser(self.unet, VScalingEDMcNoise())
+        denoiser = Denoiser(self.unet, self.scaling)
         if s.max_guidance_scale > 1:  # diffusers batches [uncond, cond] whenever the ramp exceeds 1
             denoiser = CFGDenoiser(denoiser, uncond, scales)
         bar = tqdm(total=s.num_inference_steps, desc="denoising", disable=not progress, leave=False)
@@ -341,6 +344,18 @@ class ImageToVideoPipeline:
             return self.vae.decode_latents(
                 x.float(), chunk_size=plan.decode_chunk_size, overlap=s.decode_overlap or 0,
                 tiled=plan.vae_tiling, progress=progress)
+
+
+def _scaling(scheduler: dict[str, Any]) -> Scaling:
+    """The parametrisation the UNet was trained with: vidiff's ``scaling`` key when the scheduler config has
+    one (models vidiff trained), else SVD's v-prediction with EDM c_noise (every SVD-class checkpoint)."""
+    if "scaling" in scheduler:
+        return scaling_by_name(scheduler["scaling"], float(scheduler.get("sigma_data", 1.0)))
+    kind = scheduler.get("prediction_type", "v_prediction")
+    if kind != "v_prediction":
+        raise ValueError(f"scheduler prediction_type {kind!r} is not supported for SVD-class models "
+                         "(they are v-prediction); add a vidiff 'scaling' key to the scheduler config")
+    return VScalingEDMcNoise()
 
 
 def _postprocess(frames: torch.Tensor, output_type: str) -> Any:

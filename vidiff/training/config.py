@@ -215,7 +215,8 @@ class LossConfig:
     """Training objective.
 
     ``edm``: denoising score matching as SVD trains (Karras et al. 2022 eq. 2/8; Blattmann et al. 2023):
-    ``scaling`` (``v_edm`` = v-prediction with c_noise = ¼ ln σ), ``weighting``, log-normal sigmas
+    ``scaling`` (``v_edm`` = v-prediction with c_noise = ¼ ln σ; ``x0`` = x₀-prediction, for networks
+    narrower than their input), ``weighting``, log-normal sigmas
     ``ln σ ~ N(p_mean, p_std²)``. ``ddpm``: ε-MSE (Ho et al. 2020 Alg. 1). ``ucg_rate``: per-sample
     probability of zeroing the CLIP token and concat latent (CFG dropout, Ho & Salimans 2022).
     ``noise_aug``: ``fixed`` (``noise_aug_strength``) or ``lognormal`` (``ln s ~ N(aug_p_mean, aug_p_std²)``).
@@ -242,7 +243,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.objective, "loss.objective", ("edm", "ddpm"))
-        _one_of(self.scaling, "loss.scaling", ("v_edm", "v", "edm", "eps"))
+        _one_of(self.scaling, "loss.scaling", ("v_edm", "v", "edm", "eps", "x0"))
         _one_of(self.weighting, "loss.weighting", ("v", "edm", "eps", "unit"))
         _one_of(self.noise_aug, "loss.noise_aug", ("fixed", "lognormal"))
         _check(self.sigma_data > 0, "loss.sigma_data", "must be > 0")

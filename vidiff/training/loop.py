@@ -125,6 +125,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
 
     # -- model, data --------------------------------------------------------------------------------------
     bundle = build_models(cfg.model, cfg.data, seed=cfg.seed, flow=cfg.loss.flow_weight > 0)
+    bundle.extra.update(scaling=cfg.loss.scaling, sigma_data=cfg.loss.sigma_data)  # what the export samples with
     bundle.to(device)
     if cfg.model.gradient_checkpointing:
         bundle.enable_gradient_checkpointing()

@@ -248,10 +248,19 @@ def patch_checkpoint(bundle: ModelBundle, unet_sd: dict[str, torch.Tensor]) -> A
         "unet": Component({"_class_name": "UNetSpatioTemporalConditionModel",
                            **bundle.unet_config.to_diffusers()}, unet_sd),
         "vae": Component(bundle.vae.config.to_diffusers(), None),
-        "scheduler": Component({**default_scheduler_config(), "sigma_max": float(extra["sigma_max"])}),
+        "scheduler": Component({**default_scheduler_config(), "sigma_max": float(extra["sigma_max"]),
+                                **_prediction(extra)}),
     }, extra={"residual": bool(extra.get("residual")),
               "generation_defaults": {"height": extra["height"], "width": extra["width"],
                                       "num_frames": extra["num_frames"]}})
+
+
+def _prediction(extra: dict[str, Any]) -> dict[str, Any]:
+    """Scheduler keys naming the trained parametrisation: diffusers' ``prediction_type`` plus vidiff's
+    ``scaling`` / ``sigma_data`` (``vidiff.diffusion.scaling_by_name``), which the pipeline samples with."""
+    name = extra.get("scaling", "v_edm")
+    kind = {"v_edm": "v_prediction", "v": "v_prediction", "x0": "sample", "eps": "epsilon"}.get(name, name)
+    return {"prediction_type": kind, "scaling": name, "sigma_data": float(extra.get("sigma_data", 1.0))}
 
 
 def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir: Path,

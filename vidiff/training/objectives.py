@@ -33,7 +33,7 @@ from vidiff.diffusion.losses import (
     VWeighting,
     denoising_loss,
 )
-from vidiff.diffusion.scalings import EDMScaling, EpsScaling, VScaling, VScalingEDMcNoise
+from vidiff.diffusion.scalings import EpsScaling, scaling_by_name
 from vidiff.diffusion.schedules import alphas_cumprod, ddpm_q_sample, scaled_linear_betas
 from vidiff.metrics.flow import warp
 from vidiff.training.config import LossConfig
@@ -103,9 +103,7 @@ def make_scaling(cfg: LossConfig) -> object:
     """The preconditioning (Karras et al. 2022 Table 1) named by ``cfg.scaling`` (``eps`` for ddpm)."""
     if cfg.objective == "ddpm":
         return EpsScaling()
-    if cfg.scaling == "edm":
-        return EDMScaling(cfg.sigma_data)
-    return {"v_edm": VScalingEDMcNoise, "v": VScaling, "eps": EpsScaling}[cfg.scaling]()
+    return scaling_by_name(cfg.scaling, cfg.sigma_data)
 
 
 def make_weighting(cfg: LossConfig) -> object:
