@@ -69,7 +69,8 @@ def test_patch_training_exports_a_pipeline(tmp_path: Path) -> None:
 
     cfg = TrainConfig.from_dict({
         "output_dir": str(tmp_path / "run"), "progress": False, "device": "cpu",
-        "model": {"preset": "tiny", "autoencoder": "patch", "patch_size": 4, "residual": True, "sigma_max": 5.0},
+        "model": {"preset": "tiny", "autoencoder": "patch", "patch_size": 4, "residual": True, "sigma_max": 5.0,
+                  "sigma_min": 0.01},
         "data": {"dataset": "moving_shapes", "num_frames": 3, "height": 16, "width": 16, "num_samples": 4,
                  "batch_size": 1},
         "schedule": {"max_steps": 2}, "checkpoint": {"every_steps": 0, "export_dtype": "float16"},
@@ -84,7 +85,7 @@ def test_patch_training_exports_a_pipeline(tmp_path: Path) -> None:
     assert manifest["residual"] is True
     assert manifest["generation_defaults"] == {"height": 16, "width": 16, "num_frames": 3}
     pipe = ImageToVideoPipeline.from_pretrained(result.model_dir)
-    assert pipe.residual and pipe.clip is None and pipe.sigma_max == 5.0
+    assert pipe.residual and pipe.clip is None and pipe.sigma_max == 5.0 and pipe.sigma_min == 0.01
     assert isinstance(pipe.scaling, X0Scaling) and pipe.scaling.sigma_data == 0.25  # sampled as trained
     sched = json.loads((result.model_dir / "scheduler" / "config.json").read_text())
     assert sched["prediction_type"] == "sample"

@@ -45,9 +45,9 @@ class ModelConfig:
     ``residual``: the diffusion target is the video minus the conditioning image's latents (frame 0 of a
     clip is then exactly zero); the exported model records it and the pipeline adds the image back.
     ``block_out_channels`` … ``addition_time_embed_dim``: override the preset's UNet sizes (None = keep).
-    ``sigma_max``: the largest noise level the exported pixel/patch-space pipeline samples from (EDM's 80
-    suits unit-scale pixels; a residual target has a far smaller scale, so less is enough and every step
-    lands where the model was trained). Checkpoint fine-tunes keep their scheduler's.
+    ``sigma_max`` / ``sigma_min``: the noise range the exported pixel/patch-space pipeline samples over
+    (EDM's 80 … 0.002 suits unit-scale pixels; a residual target has a far smaller scale, so a narrower
+    range puts every step where the model was trained). Checkpoint fine-tunes keep their scheduler's.
     """
 
     preset: str | None = "tiny"
@@ -64,9 +64,11 @@ class ModelConfig:
     cross_attention_dim: int | None = None
     addition_time_embed_dim: int | None = None
     sigma_max: float = 80.0
+    sigma_min: float = 0.002
 
     def __post_init__(self) -> None:
-        _check(self.sigma_max > 0, "model.sigma_max", f"must be > 0, got {self.sigma_max}")
+        _check(0 < self.sigma_min < self.sigma_max, "model.sigma_min",
+               f"must satisfy 0 < sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
         _check(self.preset is not None or self.init_from is not None, "model.preset",
                "or model.init_from must be set (init_from wins when both are)")
         _one_of(self.autoencoder, "model.autoencoder", ("none", "patch", "checkpoint"))

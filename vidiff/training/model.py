@@ -114,10 +114,10 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
         ucfg = UNET_PRESETS[cfg.preset].replace(in_channels=2 * channels, out_channels=channels,
                                                 num_frames=data.num_frames, **sizes)
         bundle = ModelBundle(unet=UNetSpatioTemporal(ucfg), vae=vae)
-    # σ_max of pixel/patch-space pipelines (ModelConfig.sigma_max): EDM's 80 (Karras et al. 2022, Table 1)
+    # σ range of pixel/patch-space pipelines (ModelConfig.sigma_max / sigma_min): EDM's 80 (Karras et al. 2022, Table 1)
     # already drowns unit-scale pixels; SVD's 700 is for its latents.
     bundle.extra.update({"residual": cfg.residual, "height": data.height, "width": data.width,
-                         "num_frames": data.num_frames, "sigma_max": cfg.sigma_max})
+                         "num_frames": data.num_frames, "sigma_max": cfg.sigma_max, "sigma_min": cfg.sigma_min})
     _freeze(bundle.vae)
     _freeze(bundle.image_encoder)
     if flow:
@@ -249,7 +249,7 @@ def patch_checkpoint(bundle: ModelBundle, unet_sd: dict[str, torch.Tensor]) -> A
                            **bundle.unet_config.to_diffusers()}, unet_sd),
         "vae": Component(bundle.vae.config.to_diffusers(), None),
         "scheduler": Component({**default_scheduler_config(), "sigma_max": float(extra["sigma_max"]),
-                                **_prediction(extra)}),
+                                "sigma_min": float(extra["sigma_min"]), **_prediction(extra)}),
     }, extra={"residual": bool(extra.get("residual")),
               "generation_defaults": {"height": extra["height"], "width": extra["width"],
                                       "num_frames": extra["num_frames"]}})
