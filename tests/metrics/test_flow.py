@@ -24,7 +24,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vidiff.io.video import read_video
-from vidiff.metrics.flow import estimate_flow, flow_magnitude, mean_flow_magnitude, to_gray, video_flow, warp
+from vidiff.metrics.flow import (
+    estimate_flow,
+    flow_magnitude,
+    flow_to_first,
+    mean_flow_magnitude,
+    to_gray,
+    video_flow,
+    warp,
+)
 
 SITE = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages"
 SKIMAGE = SITE / "skimage/data"
@@ -167,3 +175,22 @@ def test_batched_pairs_and_inputs() -> None:
         estimate_flow(f0, g1[..., :64])
     with pytest.raises(ValueError, match="1 or 3"):
         to_gray(torch.rand(1, 2, 8, 8))
+
+
+def test_flow_to_first_chains_a_long_pan() -> None:
+    """A pan of 1.8 px per frame over 7 frames (10.8 px in all): every frame's flow back to frame 0 is
+    t·(−1.5, 1) within 0.3 px on average, median end-point error below 0.1·t + 0.1 px (the per-pair errors
+    add up along the chain)."""
+    img = photo("astronaut.png")
+    h, w = img.shape[-2:]
+    c = 48
+    clip = torch.cat([F.avg_pool2d(img[..., c + 2 * t:h - c + 2 * t, c - 3 * t:w - c - 3 * t], 2) for t in range(7)])
+    flows = flow_to_first(clip)
+    assert flows.shape == (7, 2, *clip.shape[-2:]) and torch.equal(flows[0], torch.zeros_like(flows[0]))
+    m = MARGIN + 10
+    for t in range(1, 7):
+        truth = torch.tensor([-1.5 * t, 1.0 * t]).view(2, 1, 1)
+        inner = flows[t, :, m:-m, m:-m]
+        assert (inner.mean((1, 2)) - truth.view(2)).abs().max() < 0.3, t
+        assert (inner - truth).norm(dim=0).median() < 0.1 * t + 0.1, t
+

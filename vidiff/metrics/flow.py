@@ -23,7 +23,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["estimate_flow", "flow_magnitude", "mean_flow_magnitude", "to_gray", "video_flow", "warp"]
+from vidiff.utils import warp
+
+__all__ = ["estimate_flow", "flow_magnitude", "flow_to_first", "mean_flow_magnitude", "to_gray", "video_flow", "warp"]
 
 # Horn & Schunck's weighted neighbourhood average (their eq. 9 Laplacian approximation).
 _HS_AVG = torch.tensor([[1.0, 2.0, 1.0], [2.0, 0.0, 2.0], [1.0, 2.0, 1.0]]) / 12.0
@@ -39,25 +41,6 @@ def to_gray(x: torch.Tensor) -> torch.Tensor:
         return x
     w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
-
-
-def warp(image: torch.Tensor, flow: torch.Tensor, *, mode: str = "bilinear",
-         padding_mode: str = "border") -> torch.Tensor:
-    """Differentiable backward warp: ``out(p) = image(p + flow(p))`` sampled with ``grid_sample``.
-
-    ``image (N, C, H, W)``, ``flow (N, 2, H, W)`` in pixels ``(dx, dy)``. Points outside the image take the
-    border value (``padding_mode="border"``) or zero (``"zeros"``).
-    """
-    n, _, h, w = image.shape
-    if flow.shape != (n, 2, h, w):
-        raise ValueError(f"flow must be {(n, 2, h, w)} for image {tuple(image.shape)}, "
-                         f"got {tuple(flow.shape)}")
-    ys = torch.arange(h, device=image.device, dtype=flow.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=image.device, dtype=flow.dtype).view(1, 1, w)
-    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1).to(image.dtype)
-    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
 def _conv_sep(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -182,6 +165,23 @@ def video_flow(video: torch.Tensor, **kwargs: float) -> torch.Tensor:
     if video.ndim != 4 or video.shape[0] < 2:
         raise ValueError(f"video must be (T >= 2, C, H, W), got {tuple(video.shape)}")
     return estimate_flow(video[:-1], video[1:], **kwargs)
+
+
+def flow_to_first(video: torch.Tensor, **kwargs: float) -> torch.Tensor:
+    """Flow of every frame back to frame 0, ``(T, 2, H, W)`` with ``video[t](p) ≈ video[0](p + f_t(p))``.
+
+    Chained from consecutive flows, which stay small where the flow to frame 0 would be too large to
+    estimate: ``f_t(p) = g_t(p) + f_{t−1}(p + g_t(p))`` with ``g_t`` the flow from frame t to frame t−1
+    (``f_0 = 0``). ``video (T, C, H, W)`` in [0, 1].
+    """
+    if video.ndim != 4:
+        raise ValueError(f"video must be (T, C, H, W), got {tuple(video.shape)}")
+    flows = [video.new_zeros(1, 2, *video.shape[-2:])]
+    if video.shape[0] > 1:
+        back = estimate_flow(video[1:], video[:-1], **kwargs)  # g_t, t = 1 … T−1
+        for g in back.split(1):
+            flows.append(g + warp(flows[-1], g))
+    return torch.cat(flows)
 
 
 def mean_flow_magnitude(video: torch.Tensor, *, reference_width: int | None = None,

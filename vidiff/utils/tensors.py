@@ -1,8 +1,10 @@
-"""Broadcasting helpers: the one place where per-sample scalars are reshaped against data."""
+"""Tensor helpers: the one place where per-sample scalars are reshaped against data, and backward warping
+(shared by optical flow, the flow-consistency loss and the flow autoencoder)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:
@@ -14,3 +16,23 @@ def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:
     if missing < 0:
         raise ValueError(f"cannot append dims: input has {x.ndim} dims, target has {target_ndim}")
     return x.reshape(*x.shape, *([1] * missing))
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, *, mode: str = "bilinear",
+         padding_mode: str = "border") -> torch.Tensor:
+    """Differentiable backward warp: ``out(p) = image(p + flow(p))`` sampled with ``grid_sample``.
+
+    ``image (N, C, H, W)``, ``flow (N, 2, H, W)`` in pixels ``(dx, dy)``. Points outside the image take the
+    border value (``padding_mode="border"``), the mirrored image (``"reflection"``) or zero (``"zeros"``).
+    Flow convention as :mod:`vidiff.metrics.flow`: pixel centres at integer coordinates.
+    """
+    n, _, h, w = image.shape
+    if flow.shape != (n, 2, h, w):
+        raise ValueError(f"flow must be {(n, 2, h, w)} for image {tuple(image.shape)}, "
+                         f"got {tuple(flow.shape)}")
+    ys = torch.arange(h, device=image.device, dtype=flow.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=image.device, dtype=flow.dtype).view(1, 1, w)
+    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    grid = torch.stack([gx, gy], dim=-1).to(image.dtype)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
