@@ -1,5 +1,7 @@
-"""vidiff.autoencoders: SD's KL encoder, SVD's temporal decoder, chunked and tiled decoding; patch folding."""
+"""vidiff.autoencoders: SD's KL encoder, SVD's temporal decoder, chunked and tiled decoding; patch folding;
+flow latents decoded by warping the first frame."""
 
+from vidiff.autoencoders.flow_warp import FlowWarpAutoencoder, FlowWarpConfig
 from vidiff.autoencoders.image_vae import AutoencoderKL, ImageDecoder, ImageVAEConfig
 from vidiff.autoencoders.kl import DiagonalGaussian, Encoder
 from vidiff.autoencoders.patch import PatchAutoencoder, PatchConfig, PatchPosterior
@@ -12,6 +14,8 @@ __all__ = [
     "AutoencoderKLTemporal",
     "DiagonalGaussian",
     "Encoder",
+    "FlowWarpAutoencoder",
+    "FlowWarpConfig",
     "ImageDecoder",
     "ImageVAEConfig",
     "PatchAutoencoder",

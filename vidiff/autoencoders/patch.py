@@ -46,6 +46,11 @@ class PatchConfig:
     def latent_channels(self) -> int:
         return self.in_channels * self.patch_size ** 2
 
+    @property
+    def condition_channels(self) -> int:
+        """Channels of an encoded conditioning image (the UNet's concat input): the latent channels."""
+        return self.latent_channels
+
     @classmethod
     def from_diffusers(cls, config: dict[str, Any]) -> PatchConfig:
         """From the ``config.json`` written by :meth:`to_diffusers` (keys starting with ``_`` ignored)."""

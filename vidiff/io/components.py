@@ -6,9 +6,10 @@ diffusers state-dict names), ``image_encoder`` (transformers ``CLIPVisionConfig`
 ``preprocessor_config.json``) and ``scheduler`` (``scheduler_config.json``).
 
 ``image_encoder`` and ``feature_extractor`` are optional (:data:`OPTIONAL_COMPONENTS`): a model without them
-conditions on a zero CLIP token. A ``vae`` whose config names ``_class_name: PatchAutoencoder``
-(``vidiff.autoencoders.PatchAutoencoder``, space-to-depth) has no tensors. ``Checkpoint.extra`` holds
-model-level settings the vidiff layout stores in ``vidiff.json`` (e.g. ``generation_defaults``).
+conditions on a zero CLIP token. A ``vae`` whose config names ``_class_name`` ``PatchAutoencoder`` or
+``FlowWarpAutoencoder`` (``vidiff.autoencoders``: space-to-depth, or flow latents that warp the first frame)
+has no tensors. ``Checkpoint.extra`` holds model-level settings the vidiff layout stores in ``vidiff.json``
+(e.g. ``generation_defaults``).
 
 vidiff extension to the UNet config: ``resnet_eps_policy`` is ``"sgm"`` for weights read from an original
 single file (its resnets were trained with GroupNorm eps 1e-5 everywhere, svd_spec §5) and
@@ -44,7 +45,7 @@ COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
 WEIGHTED_COMPONENTS = ("unet", "vae", "image_encoder")
 OPTIONAL_COMPONENTS = ("image_encoder", "feature_extractor")
 REQUIRED_COMPONENTS = tuple(c for c in COMPONENTS if c not in OPTIONAL_COMPONENTS)
-PARAMETER_FREE_VAES = ("PatchAutoencoder",)
+PARAMETER_FREE_VAES = ("PatchAutoencoder", "FlowWarpAutoencoder")
 RESNET_EPS_POLICY = "resnet_eps_policy"
 
 

@@ -281,12 +281,14 @@ class ImageToVideoPipeline:
             x = x + self._image_latents(pil, s)[:, None].to(x.dtype)
         if output_type == "latent":
             return ImageToVideoOutput(x, s, plan)
-        frames = self._decode(x, s, plan, progress)
+        # a flow autoencoder decodes by warping the conditioning image (FlowWarpAutoencoder)
+        reference = _resized(pil, s) if getattr(self.vae, "reference_conditioned", False) else None
+        frames = self._decode(x, s, plan, progress, reference)
         return ImageToVideoOutput(_postprocess(frames, output_type), s, plan)
 
     def _condition(self, pil: PIL.Image.Image, s: GenerationSettings, generator: torch.Generator):
         full = _pil_to_tensor(pil) * 2 - 1  # diffusers: CLIP sees the original resolution
-        resized = _pil_to_tensor(pil.resize((s.width, s.height), resample=PIL.Image.LANCZOS)) * 2 - 1
+        resized = _resized(pil, s)
         clip_input = resized if s.behaviour == "sgm" else full
         with on_device(self.clip, self.device, self._offload):
             cond, uncond = self.conditioner(
@@ -297,9 +299,8 @@ class ImageToVideoPipeline:
 
     def _image_latents(self, pil: PIL.Image.Image, s: GenerationSettings) -> torch.Tensor:
         """Scaled latents ``(1, C, h, w)`` of the clean conditioning image at the output size."""
-        resized = _pil_to_tensor(pil.resize((s.width, s.height), resample=PIL.Image.LANCZOS)) * 2 - 1
         with on_device(self.vae, self.device, self._offload):
-            return self.vae.encode_latents(resized.to(self.device, torch.float32))
+            return self.vae.encode_latents(_resized(pil, s).to(self.device, torch.float32))
 
     def _denoise(self, cond, uncond, s: GenerationSettings, plan: MemoryPlan, generator: torch.Generator,
                  latents: torch.Tensor | None, callback, progress: bool) -> torch.Tensor:
@@ -339,11 +340,18 @@ class ImageToVideoPipeline:
             return nullcontext()
         return self.unet.chunked(attention_chunk)
 
-    def _decode(self, x: torch.Tensor, s: GenerationSettings, plan: MemoryPlan, progress: bool) -> torch.Tensor:
+    def _decode(self, x: torch.Tensor, s: GenerationSettings, plan: MemoryPlan, progress: bool,
+                reference: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {} if reference is None else {"reference": reference.to(self.device)}
         with on_device(self.vae, self.device, self._offload):
             return self.vae.decode_latents(
                 x.float(), chunk_size=plan.decode_chunk_size, overlap=s.decode_overlap or 0,
-                tiled=plan.vae_tiling, progress=progress)
+                tiled=plan.vae_tiling, progress=progress, **kwargs)
+
+
+def _resized(pil: PIL.Image.Image, s: GenerationSettings) -> torch.Tensor:
+    """The conditioning image at the output size, ``(1, 3, H, W)`` in [-1, 1] (Lanczos, as diffusers)."""
+    return _pil_to_tensor(pil.resize((s.width, s.height), resample=PIL.Image.LANCZOS)) * 2 - 1
 
 
 def _scaling(scheduler: dict[str, Any]) -> Scaling:

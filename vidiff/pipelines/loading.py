@@ -17,6 +17,8 @@ from torch import nn
 from vidiff.autoencoders import (
     AutoencoderKL,
     AutoencoderKLTemporal,
+    FlowWarpAutoencoder,
+    FlowWarpConfig,
     ImageVAEConfig,
     PatchAutoencoder,
     PatchConfig,
@@ -31,6 +33,7 @@ from vidiff.networks import UNetConfig, UNetSpatioTemporal
 AUTOENCODERS: dict[str, tuple[Any, type[nn.Module]]] = {
     "AutoencoderKLTemporalDecoder": (VAEConfig, AutoencoderKLTemporal),
     "PatchAutoencoder": (PatchConfig, PatchAutoencoder),
+    "FlowWarpAutoencoder": (FlowWarpConfig, FlowWarpAutoencoder),  # flow latents, frames = warped image
     "AutoencoderKL": (ImageVAEConfig, AutoencoderKL),  # SD's per-frame decoder, as SV3D ships
 }
 
@@ -45,7 +48,7 @@ class LoadedModel:
     """
 
     unet: UNetSpatioTemporal
-    vae: AutoencoderKLTemporal | PatchAutoencoder
+    vae: AutoencoderKLTemporal | PatchAutoencoder  # or a subclass (FlowWarpAutoencoder)
     image_encoder: nn.Module | None
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
