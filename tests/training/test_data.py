@@ -230,3 +230,26 @@ def test_clips_per_video_gives_many_clips_of_each_video(folder: Path) -> None:
     assert len(starts) >= 3 and all(ds[i]["path"] == ds[0]["path"] for i in range(0, len(ds), n))
     with pytest.raises(IndexError):
         ds[len(ds)]
+
+
+def test_camera_move_flow_is_exact() -> None:
+    """Warping frame 0 by an item's flow reproduces every frame wherever the flow points inside frame 0."""
+    from vidiff.utils import warp
+
+    # the photo at about the output's scale, so both resamplings are nearly alias-free
+    img = Image.open(SKIMAGE / "astronaut.png").convert("RGB").resize((112, 112), Image.Resampling.LANCZOS)
+    photo = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+    ds = CameraMoveDataset([photo], 6, 64, 64, num_samples=6, seed=4, strength=(0.5, 1.0),
+                           crop_fraction=(0.5, 0.8), jitter=True, max_angle=15, max_pan=0.25)
+    for i in range(len(ds)):
+        item = ds[i]
+        v, flow = (item["video"] + 1) / 2, item["flow"]
+        assert flow.shape == (6, 2, 64, 64) and flow[0].abs().max() < 1e-4  # frame 0 is its own reference
+        assert flow[-1].norm(dim=0).mean() > 0.5  # and the others did move
+        ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        px, py = xs + flow[:, 0], ys + flow[:, 1]
+        inside = (px >= 1) & (px <= 62) & (py >= 1) & (py <= 62)
+        err, off = ((warp(v[:1].expand_as(v), f) - v).abs().amax(1)[inside] for f in (flow, flow + 1.0))
+        # both are bilinear resamplings of the photo: they differ only by interpolation
+        assert err.mean() < 0.03 and torch.quantile(err, 0.95) < 0.1, item["path"]
+        assert err.mean() < 0.5 * off.mean(), item["path"]  # a flow 1 px off is much worse

@@ -40,6 +40,9 @@ class ModelConfig:
     ``autoencoder``: ``none`` trains in pixel space (latents = pixels, concat = the conditioning image),
     ``patch`` in pixel space folded into ``patch_size``² channels (``vidiff.autoencoders.PatchAutoencoder``:
     the UNet runs at 1/patch_size of the resolution; the model is exported as a complete pipeline),
+    ``flow`` generates one flow field per frame on a ``patch_size`` grid and renders frames by warping the
+    conditioning image (``vidiff.autoencoders.FlowWarpAutoencoder``; latent flow diffusion, Ni et al. 2023;
+    ``flow_scale`` latent units per frame width of displacement),
     ``checkpoint`` uses the checkpoint's VAE (frozen). ``image_encoder``: ``checkpoint`` uses the
     checkpoint's CLIP image encoder (frozen) when it has one; ``none`` feeds a zero CLIP token.
     ``residual``: the diffusion target is the video minus the conditioning image's latents (frame 0 of a
@@ -65,19 +68,23 @@ class ModelConfig:
     addition_time_embed_dim: int | None = None
     sigma_max: float = 80.0
     sigma_min: float = 0.002
+    flow_scale: float = 16.0
 
     def __post_init__(self) -> None:
+        _check(self.flow_scale > 0, "model.flow_scale", f"must be > 0, got {self.flow_scale}")
+        _check(not (self.residual and self.autoencoder == "flow"), "model.residual",
+               "must be false with model.autoencoder=flow (flow latents are already relative to frame 0)")
         _check(0 < self.sigma_min < self.sigma_max, "model.sigma_min",
                f"must satisfy 0 < sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
         _check(self.preset is not None or self.init_from is not None, "model.preset",
                "or model.init_from must be set (init_from wins when both are)")
-        _one_of(self.autoencoder, "model.autoencoder", ("none", "patch", "checkpoint"))
+        _one_of(self.autoencoder, "model.autoencoder", ("none", "patch", "flow", "checkpoint"))
         _check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
         _one_of(self.image_encoder, "model.image_encoder", ("none", "checkpoint"))
         _check(self.motion_head_channels > 0, "model.motion_head_channels", "must be > 0")
         if self.init_from is None:
-            _check(self.autoencoder in ("none", "patch"), "model.autoencoder",
-                   "must be 'none' or 'patch' when training from a preset (no checkpoint VAE to use)")
+            _check(self.autoencoder in ("none", "patch", "flow"), "model.autoencoder",
+                   "must be 'none', 'patch' or 'flow' when training from a preset (no checkpoint VAE to use)")
 
 
 @dataclass(frozen=True)
@@ -89,11 +96,12 @@ class MixtureComponent:
     ``skimage`` (scikit-image's colour photographs minus the file names in ``exclude``) or ``video_frames``
     (``frames_per_video`` evenly spaced frames of every video under ``root``), with a move strength drawn
     in ``strength`` (0 = a still clip), a first window of ``crop_fraction`` (lo, hi) of the photo, placed
-    anywhere and mirrored at random when ``jitter``, and rotations up to ``max_angle`` degrees
-    (``CameraMoveDataset``). ``num_samples``: items per epoch (None = ``data.num_samples``).
+    anywhere and mirrored at random when ``jitter``, pans of at most ``max_pan`` of the window and
+    rotations up to ``max_angle`` degrees (``CameraMoveDataset``). ``num_samples``: items per epoch (None =
+    ``data.num_samples``).
     ``video_folder`` measures motion buckets at ``flow_width`` pixels on ``flow_pairs`` frame pairs (None =
-    all pairs), draws ``clips_per_video`` clips of each video per epoch and crops them ``crop`` (``center``
-    or ``random``; ``VideoFolderDataset``).
+    all pairs), draws ``clips_per_video`` clips of each video per epoch, crops them ``crop`` (``center``
+    or ``random``) and leaves out the file names in ``exclude_videos`` (``VideoFolderDataset``).
     """
 
     dataset: str
@@ -106,6 +114,8 @@ class MixtureComponent:
     crop_fraction: tuple[float, float] = (0.75, 0.75)
     jitter: bool = False
     max_angle: float = 10.0
+    max_pan: float = 1.0
+    exclude_videos: tuple[str, ...] = ()
     num_samples: int | None = None
     flow_width: int = 128
     flow_pairs: int | None = None
@@ -123,6 +133,7 @@ class MixtureComponent:
                f"must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.strength}")
         _check(0 < self.crop_fraction[0] <= self.crop_fraction[1] <= 1, "data.components[].crop_fraction",
                f"must be (lo, hi) with 0 < lo <= hi <= 1, got {self.crop_fraction}")
+        _check(self.max_pan > 0, "data.components[].max_pan", f"must be > 0, got {self.max_pan}")
         _check(0 <= self.max_angle <= 90, "data.components[].max_angle", f"must be in [0, 90], got {self.max_angle}")
         needs_root = self.dataset == "video_folder" or (self.dataset == "camera_move"
                                                          and self.images == "video_frames")

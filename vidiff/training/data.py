@@ -132,8 +132,9 @@ class VideoFolderDataset(Dataset):
     ``motion_bucket_id`` is given. ``size=(H, W)`` and ``fps=`` are accepted as aliases of
     ``height, width`` and ``fps_override``. ``flow_pairs``: measure the flow on that many evenly spaced
     consecutive-frame pairs only (an estimate of the same mean, much cheaper) instead of all of them.
-    ``clips_per_video``: items per video and epoch (item ``index`` reads video ``index % len(videos)``, its
-    start drawn from ``(seed, epoch, index)``), so a few long videos still give many different clips.
+    ``exclude``: file names to leave out. ``clips_per_video``: items per video and epoch (item ``index``
+    reads video ``index % len(videos)``, its start drawn from ``(seed, epoch, index)``), so a few long
+    videos still give many different clips.
     """
 
     def __init__(self, root: str | os.PathLike, *, num_frames: int, height: int | None = None,
@@ -142,7 +143,7 @@ class VideoFolderDataset(Dataset):
                  motion_bucket_scale: float = DEFAULT_MOTION_SCALE, motion_bucket_id: int | None = None,
                  extensions: Sequence[str] = ("mp4", "webm", "gif", "mov", "mkv"), crop: str = "center",
                  flow_width: int = 128, flow_pairs: int | None = None, clips_per_video: int = 1,
-                 seed: int = 0) -> None:
+                 exclude: Sequence[str] = (), seed: int = 0) -> None:
         self.height, self.width = _hw(height, width, size)
         if num_frames < 1 or frame_stride < 1 or clips_per_video < 1:
             raise ValueError(f"num_frames, frame_stride and clips_per_video must be >= 1, got {num_frames}, "
@@ -158,7 +159,8 @@ class VideoFolderDataset(Dataset):
         exts = {"." + e.lower().lstrip(".") for e in extensions}
         if not self.root.is_dir():
             raise ValueError(f"video folder {self.root} does not exist")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                       and p.name not in exclude)
         span = (num_frames - 1) * frame_stride + 1
         self.items: list[tuple[Path, VideoInfo]] = []
         for p in files:
@@ -433,9 +435,12 @@ class CameraMoveDataset(Dataset):
     ``max_angle`` degrees. The motion bucket is the exact mean flow of the move (module docstring).
     ``crop_fraction`` may be a range ``(lo, hi)`` drawn per item, and ``jitter`` places the first window
     anywhere inside the photo and mirrors the photo half of the time, so that a few photographs give many
-    different first frames (a model then learns the move, not the photographs).
+    different first frames (a model then learns the move, not the photographs). ``max_pan`` caps a pan's
+    travel at that fraction of the window (less content enters the frame that frame 0 does not show).
     ``images`` are paths or ``(3, H, W)`` tensors in [0, 1]; ``None`` uses :func:`skimage_photographs`.
-    Item ``index`` uses image ``index % len(images)`` and depends only on ``(seed, index)``.
+    Item ``index`` uses image ``index % len(images)`` and depends only on ``(seed, index)``. Items also carry
+    ``"flow" (T, 2, H, W)``: the exact backward flow of every frame to frame 0 in output pixels
+    (``video[k](q) ≈ video[0](q + flow[k](q))``, the convention of ``vidiff.metrics.flow``).
     """
 
     def __init__(self, images: Sequence[str | os.PathLike | torch.Tensor] | None = None,
@@ -444,6 +449,7 @@ class CameraMoveDataset(Dataset):
                  moves: Sequence[str] = ("pan", "zoom", "rotate"),
                  strength: tuple[float, float] = (0.2, 1.0),
                  crop_fraction: float | tuple[float, float] = 0.75, jitter: bool = False,
+                 max_pan: float = math.inf,
                  max_angle: float = 10.0, fps: float = 7.0,
                  motion_bucket_scale: float = DEFAULT_MOTION_SCALE) -> None:
         self.height, self.width = _hw(height, width, size)
@@ -461,6 +467,7 @@ class CameraMoveDataset(Dataset):
         self.images, self.num_frames, self.seed = imgs, num_frames, seed
         self.num_samples = num_samples if num_samples is not None else len(imgs)
         self.moves, self.strength, self.crop_fraction, self.jitter = tuple(moves), strength, crop, jitter
+        self.max_pan = max_pan
         self.max_angle, self.fps, self.motion_bucket_scale = max_angle, fps, motion_bucket_scale
         self._cache: dict[int, torch.Tensor] = {}
 
@@ -507,8 +514,8 @@ class CameraMoveDataset(Dataset):
         theta = torch.zeros_like(u)
         if move == "pan":  # towards the photo's edge in direction phi, up to the room left there
             dx, dy = math.cos(phi), math.sin(phi)
-            room_x = wp - 1 - rx - x0 if dx > 0 else x0 - rx
-            room_y = hp - 1 - ry - y0 if dy > 0 else y0 - ry
+            room_x = min(wp - 1 - rx - x0 if dx > 0 else x0 - rx, self.max_pan * wb)
+            room_y = min(hp - 1 - ry - y0 if dy > 0 else y0 - ry, self.max_pan * hb)
             cx = cx + u * k * room_x * dx
             cy = cy + u * k * room_y * dy
         elif move == "zoom":  # zoom out is limited by the room around the window
@@ -529,10 +536,15 @@ class CameraMoveDataset(Dataset):
         grid = torch.stack([x[..., 0] * 2 / (wp - 1) - 1, x[..., 1] * 2 / (hp - 1) - 1], -1).view(t, h, w, 2)
         video = F.grid_sample(photo.expand(t, 3, hp, wp), grid.float(), mode="bilinear",
                               padding_mode="reflection", align_corners=True)
+        # exact backward flow to frame 0, video[k](q) = video[0](q + f_k(q)): q̃₀ = A_0^{-1} (X_k − c_0)
+        q0 = (x - c[:1].view(1, 1, 2)) @ torch.linalg.inv(a[:1]).transpose(1, 2)
+        flow = (q0 - q).view(t, h, w, 2).permute(0, 3, 1, 2).float()
         if t > 1:  # exact flow: q̃' = A_{k+1}^{-1} (X_k − c_{k+1})
             q_next = (x[:-1] - c[1:].view(t - 1, 1, 2)) @ torch.linalg.inv(a[1:]).transpose(1, 2)
             m = (q_next - q).norm(dim=-1).mean().item() * REFERENCE_WIDTH / w
         else:
             m = 0.0
         bucket = motion_bucket_from_magnitude(m, scale=self.motion_bucket_scale)
-        return _item(video.clamp(0, 1), self.fps, bucket, f"camera_move/{index}/{move}", 0)
+        item = _item(video.clamp(0, 1), self.fps, bucket, f"camera_move/{index}/{move}", 0)
+        item["flow"] = flow.contiguous()
+        return item

@@ -4,7 +4,10 @@ Two sources (``ModelConfig``):
 
 * **preset** (from scratch): a UNet preset with random weights and **no autoencoder** — pixel space:
   latents are the frames themselves in [-1, 1] (``in_channels = 2·3``, ``out_channels = 3``) and the concat
-  condition is the noise-augmented conditioning image. No CLIP encoder: the cross-attention context is a
+  condition is the noise-augmented conditioning image; or a parameter-free one: ``patch`` (pixels folded
+  into ``p × p`` patches) or ``flow`` (latents = each frame's flow back to frame 0, exact for synthetic
+  camera moves and estimated for real clips; frames = the conditioning image warped by it; the concat
+  condition is the image's folded patches). No CLIP encoder: the cross-attention context is a
   zero token of ``cross_attention_dim`` (the conditioning image still reaches the model through the concat
   channels). Small enough to train on a CPU in seconds.
 * **init_from** (fine-tuning): an SVD-class checkpoint loaded by the pipeline's strict loader
@@ -100,18 +103,22 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
         if cfg.preset not in UNET_PRESETS:
             raise ValueError(f"model.preset {cfg.preset!r} is not one of {sorted(UNET_PRESETS)}")
         vae = None
-        channels = PIXEL_CHANNELS
-        if cfg.autoencoder == "patch":
-            from vidiff.autoencoders import PatchAutoencoder, PatchConfig
+        channels = concat_channels = PIXEL_CHANNELS
+        if cfg.autoencoder in ("patch", "flow"):
+            from vidiff.autoencoders import FlowWarpAutoencoder, FlowWarpConfig, PatchAutoencoder, PatchConfig
 
-            vae = PatchAutoencoder(PatchConfig(patch_size=cfg.patch_size, in_channels=PIXEL_CHANNELS))
-            channels = vae.config.latent_channels
+            if cfg.autoencoder == "flow":
+                vae = FlowWarpAutoencoder(FlowWarpConfig(patch_size=cfg.patch_size, in_channels=PIXEL_CHANNELS,
+                                                         flow_scale=cfg.flow_scale))
+            else:
+                vae = PatchAutoencoder(PatchConfig(patch_size=cfg.patch_size, in_channels=PIXEL_CHANNELS))
+            channels, concat_channels = vae.config.latent_channels, vae.config.condition_channels
         sizes = {k: getattr(cfg, k) for k in ("block_out_channels", "layers_per_block", "num_attention_heads",
                                               "cross_attention_dim", "addition_time_embed_dim")
                  if getattr(cfg, k) is not None}
         if "addition_time_embed_dim" in sizes:
             sizes["projection_class_embeddings_input_dim"] = 3 * sizes["addition_time_embed_dim"]
-        ucfg = UNET_PRESETS[cfg.preset].replace(in_channels=2 * channels, out_channels=channels,
+        ucfg = UNET_PRESETS[cfg.preset].replace(in_channels=channels + concat_channels, out_channels=channels,
                                                 num_frames=data.num_frames, **sizes)
         bundle = ModelBundle(unet=UNetSpatioTemporal(ucfg), vae=vae)
     # σ range of pixel/patch-space pipelines (ModelConfig.sigma_max / sigma_min): EDM's 80 (Karras et al. 2022, Table 1)
@@ -160,7 +167,8 @@ def _component_dataset(c: Any, cfg: DataConfig, *, seed: int, extra: dict[str, A
         return data_mod.VideoFolderDataset(data_mod.resolve_root(c.root), num_frames=cfg.num_frames, size=size,
                                            seed=seed, motion_bucket_id=cfg.motion_bucket_id,
                                            flow_width=c.flow_width, flow_pairs=c.flow_pairs,
-                                           clips_per_video=c.clips_per_video, crop=c.crop, **extra)
+                                           clips_per_video=c.clips_per_video, crop=c.crop,
+                                           exclude=c.exclude_videos, **extra)
     if c.dataset == "moving_shapes":
         return data_mod.MovingShapesDataset(num_samples=n, num_frames=cfg.num_frames, size=size, seed=seed,
                                             **extra)
@@ -172,7 +180,7 @@ def _component_dataset(c: Any, cfg: DataConfig, *, seed: int, extra: dict[str, A
         raise ValueError(f"camera_move source ({c.images}) found no images")
     return data_mod.CameraMoveDataset(images, num_frames=cfg.num_frames, size=size, num_samples=n, seed=seed,
                                       strength=tuple(c.strength), crop_fraction=tuple(c.crop_fraction),
-                                      jitter=c.jitter, max_angle=c.max_angle, **extra)
+                                      jitter=c.jitter, max_angle=c.max_angle, max_pan=c.max_pan, **extra)
 
 
 def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -181,7 +189,19 @@ def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, tor
                               for it in items]).to(device)
     fps = torch.tensor([float(it["fps"]) for it in items], device=device)
     mbid = torch.tensor([float(it["motion_bucket_id"]) for it in items], device=device)
-    return {"video": video, "cond_image": cond_image, "fps": fps, "motion_bucket_id": mbid}
+    return {"video": video, "cond_image": cond_image, "fps": fps, "motion_bucket_id": mbid,
+            "flows": [it.get("flow") for it in items]}
+
+
+@torch.no_grad()
+def _flows_to_first(video: torch.Tensor, known: list[Any]) -> torch.Tensor:
+    """Flows of every frame to frame 0, ``(B, T, 2, H, W)``: an item's exact flow where its dataset knows it
+    (synthetic camera moves), else estimated from ``video (B, T, 3, H, W)`` in [-1, 1]
+    (``vidiff.metrics.flow.flow_to_first``)."""
+    from vidiff.metrics.flow import flow_to_first
+
+    return torch.stack([torch.as_tensor(f, dtype=torch.float32).to(v.device) if f is not None
+                        else flow_to_first((v.float() + 1) / 2) for f, v in zip(known, video)])
 
 
 @torch.no_grad()
@@ -209,7 +229,12 @@ def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torc
     video, image = batch["video"], batch["cond_image"]
     b, t = video.shape[:2]
     ucfg = bundle.unet_config
-    if bundle.vae is not None:
+    if getattr(bundle.vae, "reference_conditioned", False):  # flow latents: each frame's flow to frame 0
+        flow = _flows_to_first(video, batch["flows"])
+        x0 = bundle.vae.encode_flow(flow.flatten(0, 1)) * bundle.vae.scaling_factor
+        x0 = x0.reshape(b, t, *x0.shape[1:])
+        crossattn = torch.zeros(b, 1, ucfg.cross_attention_dim, device=device)
+    elif bundle.vae is not None:
         with torch.no_grad():
             x0 = bundle.vae.encode_latents(video.flatten(0, 1))
             x0 = x0.reshape(b, t, *x0.shape[1:])
@@ -272,7 +297,8 @@ def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir:
     source checkpoint's VAE, image encoder, feature extractor and scheduler; floating-point UNet tensors
     stored as ``dtype``), which
     ``ImageToVideoPipeline.from_pretrained`` reads and ``vidiff convert`` turns into a diffusers folder.
-    Patch-space models (``model.autoencoder: patch``) are complete pipelines too (:func:`patch_checkpoint`).
+    Patch-space and flow models (``model.autoencoder: patch`` or ``flow``) are complete pipelines too
+    (:func:`patch_checkpoint`).
     Pixel-space models (no VAE) are not pipelines: only ``unet/`` (``config.json`` in diffusers vocabulary
     + ``model.safetensors``) is written. The motion head, when trained, goes to ``motion_head/`` next to
     ``out_dir`` (it is not a pipeline component).
