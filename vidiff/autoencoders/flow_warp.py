@@ -19,8 +19,8 @@ moves; that happens where the data is prepared (``vidiff.training``), not here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ class FlowWarpConfig(PatchConfig):
     patch_size: int = 8
     flow_scale: float = 16.0
     padding_mode: str = "reflection"
+    class_name: ClassVar[str] = CLASS_NAME
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,16 +62,6 @@ class FlowWarpConfig(PatchConfig):
         """Channels of the encoded conditioning image (the UNet's concat input): the folded patches."""
         return self.in_channels * self.patch_size ** 2
 
-    @classmethod
-    def from_diffusers(cls, config: dict[str, Any]) -> FlowWarpConfig:
-        known = {"patch_size", "in_channels", "scaling_factor", "flow_scale", "padding_mode"}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
-        if unknown:
-            raise ValueError(f"unknown FlowWarpAutoencoder config keys {unknown}")
-        return cls(**{k: config[k] for k in known if k in config})
-
-    def to_diffusers(self) -> dict[str, Any]:
-        return {"_class_name": CLASS_NAME, **asdict(self)}
 
 
 class FlowWarpAutoencoder(PatchAutoencoder):

@@ -10,8 +10,8 @@ pipelines and training treat both alike.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ class PatchConfig:
     patch_size: int = 4
     in_channels: int = 3
     scaling_factor: float = 1.0
+    class_name: ClassVar[str] = CLASS_NAME  # the module's ``_class_name`` in config.json
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "in_channels"):
@@ -54,14 +55,14 @@ class PatchConfig:
     @classmethod
     def from_diffusers(cls, config: dict[str, Any]) -> PatchConfig:
         """From the ``config.json`` written by :meth:`to_diffusers` (keys starting with ``_`` ignored)."""
-        known = {"patch_size", "in_channels", "scaling_factor"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
         if unknown:
-            raise ValueError(f"unknown PatchAutoencoder config keys {unknown}")
+            raise ValueError(f"unknown {cls.class_name} config keys {unknown}")
         return cls(**{k: config[k] for k in known if k in config})
 
     def to_diffusers(self) -> dict[str, Any]:
-        return {"_class_name": CLASS_NAME, **asdict(self)}
+        return {"_class_name": self.class_name, **asdict(self)}
 
 
 class PatchPosterior:
