@@ -119,8 +119,11 @@ def test_flow_training_exports_a_pipeline_that_warps_the_image(tmp_path: Path) -
     frames = pipe(image, num_inference_steps=2, output_type="pt", progress=False).frames
     latents = pipe(image, num_inference_steps=2, output_type="latent", progress=False).frames
     assert latents.shape == (1, 3, 2, 4, 4)
+    assert latents[:, 0].abs().max() < 1e-6  # frame 0 is the reference: zero flow (up to the float steps)
+    assert latents[:, 1:].abs().max() > 0
     reference = image[None] * 2 - 1  # already at the output size: the pipeline's resize is the identity
     rebuilt = pipe.vae.decode_latents(latents, reference=reference)
     torch.testing.assert_close(frames, ((rebuilt + 1) / 2).clamp(0, 1), atol=2 / 255, rtol=0)
+    torch.testing.assert_close(frames[0, 0], image, atol=1 / 255, rtol=0)  # the first frame is the input
     with pytest.raises(ConfigError, match="residual"):
         TrainConfig.from_dict({"model": {"autoencoder": "flow", "residual": True}})

@@ -68,9 +68,12 @@ class FlowWarpAutoencoder(PatchAutoencoder):
     """Flow latents in, warped reference frames out; ``encode`` folds the conditioning image into patches.
 
     ``reference_conditioned``: decoding needs the reference image (pipelines pass the conditioning image).
+    ``zero_first_latent``: the first frame's latent is zero by definition (it is the reference, its own
+    flow is zero), so samplers may use that value exactly (``vidiff.diffusion.KnownValuesDenoiser``).
     """
 
     reference_conditioned = True
+    zero_first_latent = True
 
     def __init__(self, config: FlowWarpConfig | None = None) -> None:
         super().__init__(config or FlowWarpConfig())

@@ -3,7 +3,7 @@
 The denoiser contract is ``D(x, sigma (B,), cond) -> x0``; see ``docs/architecture.md``.
 """
 
-from vidiff.diffusion.denoiser import Denoiser, DenoiserFn, expand_sigma
+from vidiff.diffusion.denoiser import Denoiser, DenoiserFn, KnownValuesDenoiser, expand_sigma
 from vidiff.diffusion.guidance import (
     FRAME_SCALES,
     CFGDenoiser,
@@ -81,6 +81,7 @@ __all__ = [
     "EDMWeighting",
     "EpsScaling",
     "EpsWeighting",
+    "KnownValuesDenoiser",
     "Scaling",
     "UnitWeighting",
     "VScaling",

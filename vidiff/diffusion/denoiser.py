@@ -59,3 +59,26 @@ class Denoiser:
 
     def __repr__(self) -> str:
         return f"Denoiser({type(self.network).__name__}, {self.scaling!r})"
+
+
+class KnownValuesDenoiser:
+    """A denoiser for data some of whose entries are known exactly: ``D'(x) = m·v + (1 − m)·D(x)``.
+
+    Where the data distribution of an entry is a point mass at ``v`` (e.g. the first frame of a latent that
+    is defined relative to that frame), the ideal denoiser ``E[x₀ | x_σ]`` is ``v`` at every σ, whatever the
+    network makes of it; the other entries keep the wrapped denoiser's estimate. ``mask`` and ``value``
+    broadcast against ``x`` (e.g. ``(1, T, 1, 1, 1)`` for whole frames).
+    """
+
+    def __init__(self, denoiser: DenoiserFn, mask: Tensor, value: Tensor | float = 0.0) -> None:
+        self.denoiser = denoiser
+        self.mask = mask.bool()
+        self.value = value
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        d = self.denoiser(x, sigma, cond)
+        value = torch.as_tensor(self.value, dtype=d.dtype, device=d.device)
+        return torch.where(self.mask.to(d.device), value, d)
+
+    def __repr__(self) -> str:
+        return f"KnownValuesDenoiser({self.denoiser!r})"

@@ -27,6 +27,7 @@ from vidiff.diffusion import (
     SAMPLERS,
     CFGDenoiser,
     Denoiser,
+    KnownValuesDenoiser,
     Scaling,
     VScalingEDMcNoise,
     initial_noise_scale,
@@ -320,6 +321,10 @@ class ImageToVideoPipeline:
         denoiser = Denoiser(self.unet, self.scaling)
         if s.max_guidance_scale > 1:  # diffusers batches [uncond, cond] whenever the ramp exceeds 1
             denoiser = CFGDenoiser(denoiser, uncond, scales)
+        if getattr(self.vae, "zero_first_latent", False):  # frame 0 is the reference: its latent is known
+            first = torch.zeros(1, s.num_frames, 1, 1, 1, dtype=torch.bool, device=self.device)
+            first[:, 0] = True
+            denoiser = KnownValuesDenoiser(denoiser, first, 0.0)
         bar = tqdm(total=s.num_inference_steps, desc="denoising", disable=not progress, leave=False)
 
         def report(info: dict[str, Any]) -> None:
