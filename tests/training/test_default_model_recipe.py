@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_default_model_config_holds_out_photographs() -> None:
     cfg = TrainConfig.from_yaml(REPO / "configs" / "default_model.yaml")
-    assert cfg.data.dataset == "mixture" and cfg.model.autoencoder == "patch" and cfg.model.residual
+    assert cfg.data.dataset == "mixture" and cfg.model.autoencoder == "flow" and not cfg.model.residual
     held = {n for c in cfg.data.components for n in c.exclude}
     assert held, "the default model must keep photographs out of training"
     photos = {p.name for p in skimage_photographs()}
