@@ -13,6 +13,9 @@ Two exact savings are built in:
   the value itself: the output is ``to_out(to_v(context))`` broadcast over queries, and the q/k
   projections are dead compute. SVD's cross-attention context is a single CLIP token, and temporal
   self-attention over a one-frame clip has one key too.
+
+One inference-time speed-up is switchable: :meth:`Attention.fuse_projections` concatenates the q/k/v
+weights (k/v for cross-attention) so each projection is one matrix multiply instead of three (two).
 """
 
 from __future__ import annotations
@@ -49,9 +52,28 @@ class Attention(nn.Module):
         self.single_key_shortcut = True
         # Memory control: at most this many query tokens per kernel call (None: all at once).
         self.max_tokens: int | None = None
+        # Inference speed: [W_q; W_k; W_v] (self-attention) and [W_k; W_v] (cross), see fuse_projections.
+        self.register_buffer("fused_qkv", None, persistent=False)
+        self.register_buffer("fused_kv", None, persistent=False)
+
+    @torch.no_grad()
+    def fuse_projections(self, enabled: bool = True) -> None:
+        """Compute q, k, v with one matrix multiply (k, v with one for a separate context).
+
+        The concatenated weights are a snapshot, not part of the state dict: call this after the weights
+        are loaded (pipelines do), and again, or with ``enabled=False``, after changing them (training).
+        """
+        self.fused_qkv = self.fused_kv = None
+        if not enabled:
+            return
+        kv = torch.cat([self.to_k.weight, self.to_v.weight])
+        self.fused_kv = kv
+        if self.to_q.in_features == self.to_k.in_features:
+            self.fused_qkv = torch.cat([self.to_q.weight, kv])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``x (N, L, C)``, ``context (M, S, D)``, ``N % M == 0`` (None: self-attention) -> ``(N, L, C)``."""
+        self_attention = context is None
         if context is None:
             context = x
         n, length, _ = x.shape
@@ -66,18 +88,24 @@ class Attention(nn.Module):
 
         rows = m if self.max_tokens is None else max(1, self.max_tokens // (group * length))
         if rows >= m:
-            return self._attend(x, context)
+            return self._attend(x, context, self_attention)
         # chunks of whole context rows (each with its G query rows): exact, bounds the live activations
-        return torch.cat([self._attend(x[i * group:(i + rows) * group], context[i:i + rows])
+        return torch.cat([self._attend(x[i * group:(i + rows) * group], context[i:i + rows], self_attention)
                           for i in range(0, m, rows)])
 
-    def _attend(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, context: torch.Tensor, self_attention: bool) -> torch.Tensor:
         n, length, _ = x.shape
         m, s, _ = context.shape
         group, h, d = n // m, self.heads, self.head_dim
-        q = self.to_q(x).reshape(m, group * length, h, d).transpose(1, 2)  # (M, h, G·L, d)
-        k = self.to_k(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)
-        v = self.to_v(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)
+        if self.fused_qkv is not None and self_attention:  # M = N, S = L
+            q, k, v = F.linear(x, self.fused_qkv).reshape(n, length, 3, h, d).permute(2, 0, 3, 1, 4)
+        else:
+            q = self.to_q(x).reshape(m, group * length, h, d).transpose(1, 2)  # (M, h, G·L, d)
+            if self.fused_kv is not None:
+                k, v = F.linear(context, self.fused_kv).reshape(m, s, 2, h, d).permute(2, 0, 3, 1, 4)
+            else:
+                k = self.to_k(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)
+                v = self.to_v(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)
         out = attention_kernel(q, k, v)  # (M, h, G·L, d)
         out = out.transpose(1, 2).reshape(n, length, h * d)  # (N, L, h·d)
         return self.to_out[0](out)
