@@ -6,6 +6,11 @@ the relative error of vidiff's UNet output against diffusers' float32 output on 
 
     python benchmarks/svd_speed.py --config tiny                     # CPU, about a minute
     python benchmarks/svd_speed.py --config svd_xt --device cuda --dtype float16 --json h100.json
+    python benchmarks/svd_speed.py --config svd_xt --device cuda --compile blocks --channels-last
+    python benchmarks/svd_speed.py --config svd_xt --device cuda --sweep --skip-pipeline   # each switch's step
+
+vidiff runs with the fast-path switches given (``vidiff.networks.fast``; default: fused projections);
+``--sweep`` times the UNet step under each combination of them, the measurement its defaults come from.
 
 The reference's numbers on an H100 are in ../shared/reference/anchors.md (686 ms per UNet step eager,
 2.37 s to decode 25 frames in chunks of 8, 18.98 s per video at 15.0 GiB).
@@ -22,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from vidiff.networks.fast import COMPILE_MODES, COMPILE_TARGETS, FastPath, apply_fast_path
 
 CONFIGS = {
     # name: (UNet preset, VAE channels, VAE layers, CLIP vision config, default (height, width, frames, steps))
@@ -120,7 +127,12 @@ def main() -> None:
     p.add_argument("--decode-chunk", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--compile", action="store_true", help="torch.compile vidiff's UNet (first call includes it)")
+    p.add_argument("--compile", default="none", choices=COMPILE_TARGETS,
+                   help="torch.compile vidiff's repeated UNet blocks or whole UNet (the first call includes it)")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--no-fuse-projections", dest="fuse_projections", action="store_false")
+    p.add_argument("--sweep", action="store_true", help="also time vidiff's UNet step under each fast-path variant")
     p.add_argument("--skip-pipeline", action="store_true", help="skip the whole-video comparison")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
@@ -132,7 +144,11 @@ def main() -> None:
     d_unet, v_unet, d_vae, v_vae, ucfg, vcfg = build(a.config, dtype, device)
     f = vcfg.downsample_factor
     d_args, v_args = unet_inputs(ucfg, frames, height // f, width // f, device, dtype)
-    v_call = torch.compile(v_unet) if a.compile else v_unet
+    fast = FastPath(fuse_projections=a.fuse_projections, channels_last=a.channels_last, compile=a.compile,
+                    compile_mode=a.compile_mode)
+    if a.sweep:
+        sweep(v_unet, v_args, time_it, a.warmup, a.repeats, cuda=device.type == "cuda")
+    v_call = apply_fast_path(v_unet, fast)
     res: dict[str, dict[str, float | None]] = {}
     with torch.no_grad():
         d_out = d_unet(*d_args[:3], added_time_ids=d_args[3]).sample
@@ -162,9 +178,10 @@ def main() -> None:
         res["decode peak (GiB)"] = {"diffusers": _peak(device, d_decode),
                                     "vidiff": _peak(device, lambda: v_vae.decode(z[None], chunk_size=c))}
     if not a.skip_pipeline:
-        res.update(_whole_video(a.config, d_unet, d_vae, device, dtype, height, width, frames, steps, c))
+        res.update(_whole_video(a.config, d_unet, d_vae, device, dtype, height, width, frames, steps, c, fast))
     rows = [(k, v["diffusers"], v["vidiff"]) for k, v in res.items()]
-    print(f"{a.config}: {frames} frames at {width}x{height}, {steps} steps, {dtype} on {device}")
+    print(f"{a.config}: {frames} frames at {width}x{height}, {steps} steps, {dtype} on {device}; "
+          f"vidiff fast path: {fast.describe()}")
     print(f"{'metric':<40} {'diffusers':>12} {'vidiff':>12} {'vidiff/diffusers':>17}")
     for name, d, v in rows:
         ratio = f"{v / d:.3f}" if d and v is not None else "-"
@@ -172,14 +189,30 @@ def main() -> None:
     if a.json:
         Path(a.json).write_text(json.dumps({"config": a.config, "device": str(device), "dtype": str(dtype),
                                             "height": height, "width": width, "frames": frames, "steps": steps,
-                                            "results": res}, indent=1))
+                                            "fast_path": fast.describe(), "results": res}, indent=1))
 
 
 def _fmt(x: float | None, name: str) -> str:
     return "-" if x is None else (f"{x:.2e}" if "error" in name else f"{x:.4f}")
 
 
-def _whole_video(config: str, d_unet, d_vae, device, dtype, height, width, frames, steps, chunk):
+def sweep(unet, args, time_it, warmup: int, repeats: int, *, cuda: bool) -> None:
+    """Print vidiff's UNet step (first call, median) under each fast-path variant."""
+    variants = [FastPath(fuse_projections=False), FastPath(), FastPath(channels_last=True),
+                FastPath(compile="blocks"), FastPath(channels_last=True, compile="blocks"),
+                FastPath(channels_last=True, compile="unet")]
+    if cuda:
+        variants.append(FastPath(channels_last=True, compile="blocks", compile_mode="reduce-overhead"))
+    print(f"{'vidiff fast path':<60} {'first call (s)':>15} {'step (s)':>10}")
+    with torch.no_grad():
+        for fast in variants:
+            torch._dynamo.reset()
+            apply_fast_path(unet, fast)
+            first, step = time_it(lambda: unet(*args), warmup, repeats)
+            print(f"{fast.describe():<60} {first:>15.3f} {step:>10.4f}")
+
+
+def _whole_video(config: str, d_unet, d_vae, device, dtype, height, width, frames, steps, chunk, fast):
     """One video through each pipeline from the same saved folder (CLIP included), wall clock."""
     import diffusers
     import transformers
@@ -198,7 +231,7 @@ def _whole_video(config: str, d_unet, d_vae, device, dtype, height, width, frame
         pipe.save_pretrained(tmp)
         pipe = pipe.to(device=device, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
-        ours = ImageToVideoPipeline.from_pretrained(tmp, dtype=dtype, device=device)
+        ours = ImageToVideoPipeline.from_pretrained(tmp, dtype=dtype, device=device, fast_path=fast)
         image = torch.rand(3, height, width)
         import PIL.Image
 

@@ -69,6 +69,26 @@ def test_sidecar_reproduces_the_frames(tiny_svd_folder: Path, tmp_path: Path,
     assert code == 0 and not np.array_equal(read_video(other)[0].numpy(), a.numpy())  # the seed matters
 
 
+def test_speed_switches_keep_the_frames(tiny_svd_folder: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    """Fused projections (the default), channels-last and compiled blocks change how the UNet runs: the
+    written frames stay within one 8-bit level of the plain run's, and the sidecar says which ran."""
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    code, err = _run(capsys, "--image", PHOTO, "--model", tiny_svd_folder, "--output", str(plain) + "/", *SMALL,
+                     "--no-fuse-projections")
+    assert code == 0, err
+    code, err = _run(capsys, "--image", PHOTO, "--model", tiny_svd_folder, "--output", str(fast) + "/", *SMALL,
+                     "--channels-last")
+    assert code == 0, err
+    a, b = read_video(plain)[0].numpy().astype(int), read_video(fast)[0].numpy().astype(int)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
+    assert json.loads((plain / "settings.json").read_text())["fast_path"] == "none"
+    assert json.loads((fast / "settings.json").read_text())["fast_path"] == "fuse_projections, channels_last"
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own error: usage line, exit 2
+        main(["generate", "--image", str(PHOTO), "--output", str(tmp_path / "x.mp4"), "--compile", "everything"])
+    assert exit_info.value.code == 2 and "'everything'" in capsys.readouterr().err
+
+
 def test_runs_as_a_real_command(tiny_svd_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "clip.mp4"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -13,6 +13,7 @@ from vidiff import __version__
 from vidiff.cli.main import CLIError
 from vidiff.io.video import VIDEO_FORMATS, video_format_for, write_video
 from vidiff.io.weights import write_json_atomic
+from vidiff.networks.fast import COMPILE_MODES, COMPILE_TARGETS, FastPath
 from vidiff.pipelines.settings import DTYPE_NAMES, GenerationSettings, read_sidecar
 
 EXAMPLES = """\
@@ -59,6 +60,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hw.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     hw.add_argument("--attention-chunk", type=int, default=None,
                     help="sequences per attention/feed-forward call in the UNet (lower saves memory)")
+    fast = p.add_argument_group("speed (how the UNet runs, not what it computes)")
+    fast.add_argument("--compile", default="none", choices=COMPILE_TARGETS,
+                      help="torch.compile the repeated UNet blocks (fast to compile) or the whole UNet; the first "
+                      "call pays the compile time (default none)")
+    fast.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                      help="torch.compile mode; reduce-overhead adds CUDA graphs (default: default)")
+    fast.add_argument("--channels-last", action="store_true", help="NHWC convolutions (tensor-core layout)")
+    fast.add_argument("--no-fuse-projections", dest="fuse_projections", action="store_false",
+                      help="compute attention q, k, v with three matrix multiplies instead of one")
     p.add_argument("--settings", default=None, help="a sidecar JSON from an earlier run to repeat")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -115,8 +125,11 @@ def run(args: argparse.Namespace) -> int:
     if model is None:
         raise CLIError("no --model given and no bundled model is installed")
     dtype_name = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    fast = FastPath(fuse_projections=args.fuse_projections, channels_last=args.channels_last,
+                    compile=args.compile, compile_mode=args.compile_mode)
     try:
-        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=args.device)
+        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=args.device,
+                                                    fast_path=fast)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
     image = read_image(image_path)
@@ -144,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         "device": args.device,
         "dtype": dtype_name,
         "memory_plan": result.memory_plan.describe(),
+        "fast_path": fast.describe(),
         "generation_seconds": round(seconds, 3),
         "settings": resolved.to_dict(),
     }

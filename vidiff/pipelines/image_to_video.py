@@ -37,6 +37,7 @@ from vidiff.diffusion import (
     scaling_by_name,
     triangle_frame_scales,
 )
+from vidiff.networks.fast import FastPath, apply_fast_path
 from vidiff.pipelines.defaults import FAMILIES, ModelFamily, default_settings
 from vidiff.pipelines.loading import LoadedModel, load_model
 from vidiff.pipelines.memory import MemoryPlan, ModelFootprint, RunShape, format_bytes, plan_for_budget
@@ -92,7 +93,7 @@ class ImageToVideoPipeline:
     """SVD / SVD-XT / SV3D image-to-video. Build with :meth:`from_pretrained`, run with ``pipe(image, ...)``."""
 
     def __init__(self, model: LoadedModel, *, family: ModelFamily, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", fast_path: FastPath | None = None) -> None:
         self.model = model
         self.family = family
         # the model's own defaults (vidiff.json ``generation_defaults``) win over its family's
@@ -116,7 +117,18 @@ class ImageToVideoPipeline:
         self.scaling = _scaling(sched)
         self._offload = "none"
         self._sequential: list[SequentialOffload] = []
+        self.fast_path = fast_path or FastPath()
         self._place("none")
+        self.set_fast_path(self.fast_path)
+
+    def set_fast_path(self, fast: FastPath) -> None:
+        """Switch the UNet's inference speed settings (fused projections, channels-last, compilation; see
+        ``vidiff.networks.fast``): they change how it runs, not what it computes."""
+        self.fast_path = fast
+        if self._offload == "sequential" and fast.fuse_projections:
+            # sequential offload moves leaf modules' weights: fused copies of them would stay behind
+            fast = replace(fast, fuse_projections=False)
+        apply_fast_path(self.unet, fast)
 
     # ----------------------------------------------------------------------------------------------
     # construction
@@ -124,8 +136,10 @@ class ImageToVideoPipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu", model_type: str | None = None,
-                        num_frames: int | None = None) -> ImageToVideoPipeline:
-        """Load a diffusers folder, an original single-file ``.safetensors`` or a vidiff folder."""
+                        num_frames: int | None = None, fast_path: FastPath | None = None) -> ImageToVideoPipeline:
+        """Load a diffusers folder, an original single-file ``.safetensors`` or a vidiff folder.
+
+        ``fast_path``: the UNet's speed settings (default ``FastPath()``: fused attention projections)."""
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device} asked for, but this machine has no CUDA device")
@@ -139,7 +153,7 @@ class ImageToVideoPipeline:
             family = replace(family, height=size[0], width=size[1])
         own = model.extra.get("generation_defaults") or {}
         family = replace(family, **{k: own[k] for k in ("height", "width", "num_frames") if own.get(k)})
-        return cls(model, family=family, dtype=dtype, device=device)
+        return cls(model, family=family, dtype=dtype, device=device, fast_path=fast_path)
 
     # ----------------------------------------------------------------------------------------------
     # placement and memory controls
@@ -155,7 +169,9 @@ class ImageToVideoPipeline:
             target = "cpu" if offload == "model" else self.device
             for m in modules:
                 m.to(target)
-        self._offload = offload
+        before, self._offload = self._offload, offload
+        if (before == "sequential") != (offload == "sequential"):
+            self.set_fast_path(self.fast_path)  # fused projections off while layers are offloaded one by one
 
     def footprint(self) -> ModelFootprint:
         """Parameter counts and widths the memory planner needs."""
