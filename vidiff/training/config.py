@@ -286,19 +286,24 @@ class EMAConfig:
 class CheckpointConfig:
     """Resumable checkpoints every ``every_steps`` (0 = only at the end) keeping the last ``keep_last``;
     the final model is exported with ``export_weights`` (``ema`` or ``raw``) in the vidiff folder layout,
-    its UNet stored as ``export_dtype`` (``float16`` halves the file; pipelines cast on load)."""
+    its UNet stored as ``export_dtype`` (``float16`` halves the file; pipelines cast on load).
+    ``guidance``: the (min, max) classifier-free guidance scales a model trained from a preset generates
+    with by default (None: the family's 1 → 3 ramp); (1, 1) turns guidance off."""
 
     every_steps: int = 0
     keep_last: int = 2
     export_weights: str = "ema"
     export: bool = True
     export_dtype: str = "float32"
+    guidance: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
         _check(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
         _one_of(self.export_weights, "checkpoint.export_weights", ("ema", "raw"))
         _one_of(self.export_dtype, "checkpoint.export_dtype", ("float32", "float16", "bfloat16"))
+        if self.guidance is not None:
+            _check(min(self.guidance) >= 0, "checkpoint.guidance", f"must be >= 0, got {self.guidance}")
 
 
 @dataclass(frozen=True)

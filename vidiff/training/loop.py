@@ -36,7 +36,7 @@ from vidiff.training.checkpoint import (
 )
 from vidiff.training.config import TrainConfig
 from vidiff.training.ema import EMA
-from vidiff.training.model import build_dataset, build_models, export_model, prepare_batch
+from vidiff.training.model import ModelBundle, build_dataset, build_models, export_model, prepare_batch
 from vidiff.training.objectives import DiffusionObjective, sample_draws
 from vidiff.training.schedule import WarmupCosineSchedule
 from vidiff.training.stages import StageSpan, apply_trainable, stage_at, stage_spans, unmatched_patterns
@@ -111,6 +111,30 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         D.shutdown_distributed()
 
 
+def export_checkpoint(config: TrainConfig, checkpoint: str | Path | None = None) -> Path:
+    """Export a saved checkpoint (default: the latest under ``OUTPUT_DIR/checkpoints``) as the model the end
+    of the run writes, with the config's export settings, to ``OUTPUT_DIR/model``; returns that folder."""
+    root = Path(config.output_dir) / "checkpoints"
+    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(root)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint to export in {root}")
+    ck = load_checkpoint(path)
+    use_ema = config.checkpoint.export_weights == "ema" and ck.ema is not None
+    return _export(config, _build_bundle(config), ck.ema if use_ema else ck.model)
+
+
+def _build_bundle(cfg: TrainConfig) -> ModelBundle:
+    bundle = build_models(cfg.model, cfg.data, seed=cfg.seed, flow=cfg.loss.flow_weight > 0)
+    # what the exported model samples and generates with
+    bundle.extra.update(scaling=cfg.loss.scaling, sigma_data=cfg.loss.sigma_data, guidance=cfg.checkpoint.guidance)
+    return bundle
+
+
+def _export(cfg: TrainConfig, bundle: ModelBundle, weights: dict[str, torch.Tensor]) -> Path:
+    return export_model(bundle, weights, Path(cfg.output_dir) / "model", cfg.model.init_from,
+                        dtype=getattr(torch, cfg.checkpoint.export_dtype))
+
+
 def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
     device = env.device
     if cfg.precision == "fp16" and device.type != "cuda":
@@ -124,8 +148,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
     log = _JsonlLog(out / "metrics.jsonl" if env.is_main else None)
 
     # -- model, data --------------------------------------------------------------------------------------
-    bundle = build_models(cfg.model, cfg.data, seed=cfg.seed, flow=cfg.loss.flow_weight > 0)
-    bundle.extra.update(scaling=cfg.loss.scaling, sigma_data=cfg.loss.sigma_data)  # what the export samples with
+    bundle = _build_bundle(cfg)
     bundle.to(device)
     if cfg.model.gradient_checkpointing:
         bundle.enable_gradient_checkpointing()
@@ -248,8 +271,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
         if ema is not None and cfg.checkpoint.export_weights == "ema":
             weights = D.full_state(ema.state_dict())
         if env.is_main:
-            model_dir = export_model(bundle, weights, out / "model", cfg.model.init_from,
-                                     dtype=getattr(torch, cfg.checkpoint.export_dtype))
+            model_dir = _export(cfg, bundle, weights)
         D.barrier()
     return TrainResult(output_dir=out, step=cfg.schedule.max_steps, losses=losses, model_dir=model_dir,
                        checkpoint=last_ckpt, resumed_from=resumed_from)

@@ -275,9 +275,16 @@ def patch_checkpoint(bundle: ModelBundle, unet_sd: dict[str, torch.Tensor]) -> A
         "vae": Component(bundle.vae.config.to_diffusers(), None),
         "scheduler": Component({**default_scheduler_config(), "sigma_max": float(extra["sigma_max"]),
                                 "sigma_min": float(extra["sigma_min"]), **_prediction(extra)}),
-    }, extra={"residual": bool(extra.get("residual")),
-              "generation_defaults": {"height": extra["height"], "width": extra["width"],
-                                      "num_frames": extra["num_frames"]}})
+    }, extra={"residual": bool(extra.get("residual")), "generation_defaults": _generation_defaults(extra)})
+
+
+def _generation_defaults(extra: dict[str, Any]) -> dict[str, Any]:
+    """What the exported model generates by default: its trained size and frame count, and the guidance
+    range when the config sets one (``checkpoint.guidance``)."""
+    defaults = {k: extra[k] for k in ("height", "width", "num_frames")}
+    if extra.get("guidance") is not None:
+        defaults["min_guidance_scale"], defaults["max_guidance_scale"] = map(float, extra["guidance"])
+    return defaults
 
 
 def _prediction(extra: dict[str, Any]) -> dict[str, Any]:
