@@ -266,3 +266,16 @@ def test_frame_inputs(tmp_path: Path) -> None:
         write_video(src[None], tmp_path / "x.mp4", FPS)
     with pytest.raises(ValueError, match="fps"):
         write_video(src, tmp_path / "x.mp4", 0)
+
+
+@pytest.mark.parametrize("target", ["clip.mp4", "frames/"])
+def test_outputs_get_the_umask_mode_not_owner_only(tmp_path: Path, target: str) -> None:
+    """Written through a temporary file or folder and renamed, a video still gets the mode a plain ``open``
+    / ``mkdir`` gives (mkstemp alone would leave it readable by its owner only)."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / target
+        write_video(torch.rand(2, 3, 16, 16), out, fps=5)
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == (0o755 if out.is_dir() else 0o644)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -164,3 +165,15 @@ def test_load_state_dict_strict_uses_module_as_reference() -> None:
     bad["0.weight"] = torch.zeros(4, 2)
     with pytest.raises(CheckpointError, match=r"toy: .*0\.weight \(expected \[4, 3\], got \[4, 2\]\)"):
         load_state_dict_strict(module, bad, "toy")
+
+
+def test_atomic_writes_get_the_umask_mode(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        save_safetensors_atomic({"w": torch.zeros(2)}, tmp_path / "m.safetensors")
+        with atomic_output(tmp_path / "folder") as tmp:
+            (tmp / "x.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert ((tmp_path / "m.safetensors").stat().st_mode & 0o777) == 0o640
+    assert ((tmp_path / "folder").stat().st_mode & 0o777) == 0o750

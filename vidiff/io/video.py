@@ -39,6 +39,8 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from PIL import Image, ImageOps
 
+from vidiff.io.weights import give_default_mode
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_FORMATS",
@@ -207,6 +209,7 @@ def _write_folder(arr: np.ndarray, path: Path, fps: Fraction) -> None:
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} exists and is not a folder")
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.tmp-"))
+    give_default_mode(tmp)
     try:
         digits = max(4, len(str(len(arr) - 1)))
         for i, a in enumerate(arr):
@@ -231,6 +234,7 @@ def _atomic_file(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        give_default_mode(Path(tmp))  # after the write: a writer may have replaced the file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

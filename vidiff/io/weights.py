@@ -26,6 +26,7 @@ __all__ = [
     "CheckpointError",
     "atomic_output",
     "check_state_dict",
+    "give_default_mode",
     "load_safetensors",
     "load_state_dict_strict",
     "read_json",
@@ -61,6 +62,14 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def give_default_mode(path: Path) -> None:
+    """``mkstemp`` / ``mkdtemp`` create owner-only entries (0600 / 0700); give ``path`` the mode a plain
+    ``open`` or ``mkdir`` would (0666 / 0777 less the umask), so outputs renamed into place are shareable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def _temp_file_next_to(path: Path) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s directory; rename it onto ``path`` if the block succeeds."""
@@ -72,6 +81,7 @@ def _temp_file_next_to(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        give_default_mode(tmp)  # after the write: a writer may have replaced the file
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -125,6 +135,7 @@ def atomic_output(
         raise CheckpointError(f"{path}: already exists (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    give_default_mode(tmp)
     target = tmp if directory else tmp / path.name
     try:
         yield target
