@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from vidiff.networks.fast import COMPILE_MODES, COMPILE_TARGETS, FastPath, apply_fast_path
+from vidiff.cli.generate import add_fast_path_arguments, fast_path_from_args
+from vidiff.networks.fast import FastPath, apply_fast_path
 
 CONFIGS = {
     # name: (UNet preset, VAE channels, VAE layers, CLIP vision config, default (height, width, frames, steps))
@@ -127,11 +128,7 @@ def main() -> None:
     p.add_argument("--decode-chunk", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--compile", default="none", choices=COMPILE_TARGETS,
-                   help="torch.compile vidiff's repeated UNet blocks or whole UNet (the first call includes it)")
-    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--no-fuse-projections", dest="fuse_projections", action="store_false")
+    add_fast_path_arguments(p)
     p.add_argument("--sweep", action="store_true", help="also time vidiff's UNet step under each fast-path variant")
     p.add_argument("--skip-pipeline", action="store_true", help="skip the whole-video comparison")
     p.add_argument("--json", help="also write the results here")
@@ -144,8 +141,7 @@ def main() -> None:
     d_unet, v_unet, d_vae, v_vae, ucfg, vcfg = build(a.config, dtype, device)
     f = vcfg.downsample_factor
     d_args, v_args = unet_inputs(ucfg, frames, height // f, width // f, device, dtype)
-    fast = FastPath(fuse_projections=a.fuse_projections, channels_last=a.channels_last, compile=a.compile,
-                    compile_mode=a.compile_mode)
+    fast = fast_path_from_args(a)
     if a.sweep:
         sweep(v_unet, v_args, time_it, a.warmup, a.repeats, cuda=device.type == "cuda")
     v_call = apply_fast_path(v_unet, fast)

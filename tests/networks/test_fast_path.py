@@ -71,7 +71,8 @@ def test_fast_path_keeps_the_unet_output(randomize, cond_cls) -> None:
 def test_compiled_blocks_trace_whole_and_match(randomize, cond_cls) -> None:
     """``compile=blocks`` wraps exactly the repeated blocks, which trace as one graph each (no graph
     breaks: every GroupNorm + SiLU, blend and residual add can fuse) and compute the same output."""
-    dynamo = pytest.importorskip("torch._dynamo")
+    import torch._dynamo as dynamo
+
     unet = randomize(UNetSpatioTemporal(CFG)).eval()
     x, c_noise, cond = _unet_inputs(cond_cls)
     with torch.no_grad():

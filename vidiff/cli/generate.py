@@ -60,6 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hw.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     hw.add_argument("--attention-chunk", type=int, default=None,
                     help="sequences per attention/feed-forward call in the UNet (lower saves memory)")
+    add_fast_path_arguments(p)
+    p.add_argument("--settings", default=None, help="a sidecar JSON from an earlier run to repeat")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:
+    """The UNet speed switches (``vidiff.networks.fast.FastPath``); read back with :func:`fast_path_from_args`."""
     fast = p.add_argument_group("speed (how the UNet runs, not what it computes)")
     fast.add_argument("--compile", default="none", choices=COMPILE_TARGETS,
                       help="torch.compile the repeated UNet blocks (fast to compile) or the whole UNet; the first "
@@ -69,8 +76,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fast.add_argument("--channels-last", action="store_true", help="NHWC convolutions (tensor-core layout)")
     fast.add_argument("--no-fuse-projections", dest="fuse_projections", action="store_false",
                       help="compute attention q, k, v with three matrix multiplies instead of one")
-    p.add_argument("--settings", default=None, help="a sidecar JSON from an earlier run to repeat")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def fast_path_from_args(args: argparse.Namespace) -> FastPath:
+    return FastPath(fuse_projections=args.fuse_projections, channels_last=args.channels_last,
+                    compile=args.compile, compile_mode=args.compile_mode)
 
 
 def _sha256(path: Path) -> str:
@@ -125,8 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if model is None:
         raise CLIError("no --model given and no bundled model is installed")
     dtype_name = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
-    fast = FastPath(fuse_projections=args.fuse_projections, channels_last=args.channels_last,
-                    compile=args.compile, compile_mode=args.compile_mode)
+    fast = fast_path_from_args(args)
     try:
         pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=args.device,
                                                     fast_path=fast)

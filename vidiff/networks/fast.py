@@ -63,13 +63,12 @@ def apply_fast_path(net: nn.Module, fast: FastPath) -> nn.Module:
 
     Call it after the weights are loaded: fused projections are snapshots of them.
     """
+    fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
     for module in net.modules():
+        module._compiled_call_impl = None  # what nn.Module.compile set, if anything: back to eager
         if isinstance(module, Attention):
             module.fuse_projections(fast.fuse_projections)
-        module._compiled_call_impl = None  # what nn.Module.compile set, if anything: back to eager
-    fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
-    for module in net.modules():  # nn.Module.to(memory_format=...) converts only 4-D tensors
-        if isinstance(module, nn.Conv2d):
+        elif isinstance(module, nn.Conv2d):  # only 2-D convolutions have a channels-last layout
             module.weight.data = module.weight.data.contiguous(memory_format=fmt)
     if fast.compile == "none":
         return net
