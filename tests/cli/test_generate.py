@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import av
@@ -18,7 +17,9 @@ import pytest
 from vidiff.cli.main import main
 from vidiff.io.video import read_video
 
-PHOTO = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "coffee.png"  # 600x400, real
+from ..conftest import SKIMAGE_DATA
+
+PHOTO = SKIMAGE_DATA / "coffee.png"  # 600x400, real
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--num-frames", "3", "--steps", "2", "--height", "48", "--width", "64", "--fps", "9", "--quiet"]
 
@@ -97,6 +98,29 @@ def test_runs_as_a_real_command(tiny_svd_folder: Path, tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert read_video(out)[0].shape[0] == 3
+
+
+def test_sgm_behaviour_takes_stabilitys_seed_and_the_image_size(tiny_vidiff: Path, tmp_path: Path) -> None:
+    """Stability's scripts/sampling/simple_video_sample.py seeds with 23 and renders at the input image's size,
+    each side rounded down to a multiple of 64 (150x100 -> 128x64); the device default is auto, recorded as
+    the device it resolved to."""
+    import torch
+
+    small = tmp_path / "small.png"
+    PIL.Image.open(PHOTO).crop((200, 100, 350, 200)).save(small)
+    out = tmp_path / "sgm"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "vidiff.cli.main", "generate", "--image", str(small), "--model", str(tiny_vidiff),
+           "--output", f"{out}/", "--behaviour", "sgm", "--num-frames", "2", "--steps", "1", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sidecar = json.loads((out / "settings.json").read_text())
+    assert sidecar["settings"]["seed"] == 23
+    assert (sidecar["settings"]["width"], sidecar["settings"]["height"]) == (128, 64)
+    assert read_video(out)[0].shape == (2, 3, 64, 128)
+    assert sidecar["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    helps = subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True, env=env, timeout=60).stdout
+    assert "(default auto:" in " ".join(helps.split())
 
 
 def _bad_cases(tmp_path: Path, model: Path) -> dict[str, tuple[list[str], str]]:

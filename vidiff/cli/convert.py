@@ -53,8 +53,15 @@ def run(args: argparse.Namespace) -> int:
     if args.num_frames is not None and args.num_frames < 1:
         return _fail(f"--num-frames must be a positive integer, got {args.num_frames}")
     try:
-        if src.resolve() == dst.resolve():
+        source, target = src.resolve(), dst.resolve()
+        if source == target:
             return _fail(f"{dst}: is the source itself; write to another path")
+        if target in source.parents:
+            return _fail(f"{dst}: contains the source {src} (replacing it would delete the source); write to "
+                         "another path")
+        if source in target.parents:
+            return _fail(f"{dst}: is inside the source {src} (writing there would change the source); write to "
+                         "another path")
         if (dst.exists() or dst.is_symlink()) and not args.overwrite:
             return _fail(f"{dst}: already exists (pass --overwrite to replace it)")
         start = time.perf_counter()

@@ -31,6 +31,8 @@ from vidiff.io.components import (
     WEIGHTED_COMPONENTS,
     Checkpoint,
     Component,
+    check_plain_name,
+    check_scheduler_config,
     copy_config,
     guess_model_type,
     is_parameter_free,
@@ -95,6 +97,10 @@ def read_checkpoint(
         ckpt = read_single_file(path, num_frames=num_frames, device=device)
     if num_frames is not None:
         ckpt["unet"].config["num_frames"] = int(num_frames)
+    if "scheduler" in ckpt.components:
+        where = {"diffusers": Path(path, "scheduler", "scheduler_config.json"),
+                 "vidiff": Path(path, "scheduler", "config.json")}.get(layout, f"{path} (its scheduler config)")
+        check_scheduler_config(ckpt["scheduler"].config, where)
     if validate:
         validate_checkpoint(ckpt)
     return ckpt
@@ -155,7 +161,7 @@ def _load_weights(folder: Path, stem: str, device: str) -> tuple[dict[str, torch
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{f}: sharded index has no weight_map")
         out: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
+        for shard in sorted({check_plain_name(v, f, "shard") for v in weight_map.values()}):
             part = load_safetensors(folder / shard, device=device)
             wanted = {k for k, s in weight_map.items() if s == shard}
             absent = sorted(wanted - set(part))
@@ -164,13 +170,24 @@ def _load_weights(folder: Path, stem: str, device: str) -> tuple[dict[str, torch
                 raise CheckpointError(f"{folder / shard}: lacks {len(absent)} indexed tensors: {shown}")
             out.update({k: part[k] for k in wanted})
         return out, note and f"{folder.name}: read the {note}"
-    pickled = sorted(p.name for p in folder.glob(f"{stem}*.bin"))
-    if pickled:
-        raise CheckpointError(
-            f"{folder}: only pickle weights ({', '.join(pickled)}); vidiff reads safetensors only "
-            "(re-save them with safetensors)"
-        )
-    raise CheckpointError(f"{folder}: no {stem}.safetensors (or sharded / fp16 variant)")
+    # diffusers' safe_serialization=False (transformers names its file pytorch_model.bin)
+    for name in (f"{stem}.bin", f"pytorch_{stem}.bin"):
+        if (folder / name).is_file():
+            return load_torch_bin(folder / name, device), f"{folder.name}: read the pickled {name} (weights only)"
+    raise CheckpointError(f"{folder}: no {stem}.safetensors (or sharded / fp16 variant, or {stem}.bin)")
+
+
+def load_torch_bin(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A state dict pickled by ``torch.save`` (diffusers' ``safe_serialization=False``), read with
+    ``torch.load(weights_only=True)``: only tensors and plain containers are rebuilt, no code runs."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # the unpickler raises many types for corrupt or unsafe files
+        raise CheckpointError(f"{path}: cannot read pickled weights ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    return state
 
 
 def _read_diffusers(path: Path, device: str) -> Checkpoint:
@@ -250,6 +267,11 @@ def _read_vidiff(path: Path, device: str) -> Checkpoint:
     names = manifest.get("components")
     if not isinstance(names, list):
         raise CheckpointError(f"{path / 'vidiff.json'}: 'components' must be a list")
+    for name in names:
+        check_plain_name(name, path / "vidiff.json", "component", nested=False)
+    if not isinstance(manifest.get("generation_defaults", {}), dict):
+        raise CheckpointError(f"{path / 'vidiff.json'}: generation_defaults must be an object, found "
+                              f"{manifest['generation_defaults']!r}")
     missing = [c for c in REQUIRED_COMPONENTS if c not in names]
     if missing:
         raise CheckpointError(f"{path}: vidiff.json lists no {', '.join(missing)} component")
@@ -263,13 +285,14 @@ def _read_vidiff(path: Path, device: str) -> Checkpoint:
         if name in WEIGHTED_COMPONENTS and not weights.is_file() and not is_parameter_free(name, config):
             raise CheckpointError(f"{folder}: no model.safetensors")
         sd = load_safetensors(weights, device=device) if weights.is_file() else None
-        components[str(name)] = Component(config, sd)
+        components[name] = Component(config, sd)
     extra = {k: v for k, v in manifest.items() if k not in _MANIFEST_KEYS}
     return Checkpoint("vidiff", components, extra=extra)
 
 
 def _write_vidiff(ckpt: Checkpoint, folder: Path) -> None:
     for name, comp in ckpt.components.items():
+        check_plain_name(name, folder, "component", nested=False)
         write_json_atomic(copy_config(comp.config), folder / name / "config.json")
         if comp.state_dict is not None:
             save_safetensors_atomic(comp.state_dict, folder / name / "model.safetensors", {"format": "pt"})

@@ -19,6 +19,7 @@ single file (its resnets were trained with GroupNorm eps 1e-5 everywhere, svd_sp
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = [
     "WEIGHTED_COMPONENTS",
     "Checkpoint",
     "Component",
+    "check_plain_name",
+    "check_scheduler_config",
     "default_feature_extractor_config",
     "default_scheduler_config",
     "guess_model_type",
@@ -166,3 +169,32 @@ def validate_checkpoint(ckpt: Checkpoint) -> None:
 def copy_config(config: dict[str, Any]) -> dict[str, Any]:
     """A deep copy, so that writers never change the caller's dicts."""
     return copy.deepcopy(config)
+
+
+def check_plain_name(name: Any, source: object, what: str, *, nested: bool = True) -> str:
+    """``name`` if it is a plain relative name inside the model folder (``unet``, ``x/y.safetensors``), else a
+    :class:`CheckpointError` naming ``source``: no absolute paths, ``..``, empty parts or backslashes, so a
+    crafted checkpoint cannot make a reader or writer touch anything outside its folder. ``nested=False``
+    also refuses ``/`` (a name that must be an entry of the folder itself)."""
+    if not isinstance(name, str):
+        raise CheckpointError(f"{source}: {what} must be a string, found {name!r}")
+    parts = name.split("/")
+    if "\\" in name or "\0" in name or any(p in ("", ".", "..") for p in parts) or (len(parts) > 1 and not nested):
+        raise CheckpointError(f"{source}: {what} {name!r} is not a plain relative name inside the model folder")
+    return name
+
+
+def check_scheduler_config(config: dict[str, Any], source: object) -> None:
+    """The sampling range a scheduler config sets must be usable: ``sigma_min`` < ``sigma_max``, both finite
+    and > 0 (a negative ``sigma_max`` would sample from NaN noise levels); ``sigma_data`` > 0."""
+    values: dict[str, float] = {}
+    for key in ("sigma_min", "sigma_max", "sigma_data"):
+        if key not in config:
+            continue
+        v = config[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise CheckpointError(f"{source}: {key} must be a finite number > 0, found {v!r}")
+        values[key] = float(v)
+    if "sigma_min" in values and "sigma_max" in values and values["sigma_min"] >= values["sigma_max"]:
+        raise CheckpointError(f"{source}: sigma_min ({values['sigma_min']}) must be below sigma_max "
+                              f"({values['sigma_max']})")

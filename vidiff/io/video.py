@@ -25,8 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
-import tempfile
+import re
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,7 +38,7 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from PIL import Image, ImageOps
 
-from vidiff.io.weights import give_default_mode
+from vidiff.io.atomic import atomic_dir, atomic_file, check_writable
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -47,6 +46,8 @@ __all__ = [
     "ImageError",
     "VideoError",
     "VideoInfo",
+    "check_video_output",
+    "is_frames_folder",
     "probe_video",
     "read_image",
     "read_video",
@@ -203,43 +204,54 @@ def _write_webp(arr: np.ndarray, dst: str, fps: Fraction, quality: int, lossless
                  quality=quality, lossless=lossless, method=4)
 
 
+FRAME_PATTERN = re.compile(r"frame_\d{4,}\.png")
+SIDECAR_NAME = "settings.json"  # what ``vidiff generate`` writes into a frames folder
+
+
+def is_frames_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder :func:`write_video` wrote (``video.json``, ``frame_NNNN.png`` and the
+    sidecar, nothing else): the only kind of existing folder a frames output may replace."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink() or not (path / FOLDER_META).is_file():
+        return False
+    return all(p.name in (FOLDER_META, SIDECAR_NAME) or FRAME_PATTERN.fullmatch(p.name) for p in path.iterdir())
+
+
+def _check_target(path: Path, fmt: str) -> None:
+    """What an output may replace: a png-frames output only an earlier one (never a folder of the user's
+    files), a video file only a file."""
+    if fmt == "png":
+        if (path.exists() or path.is_symlink()) and not path.is_dir():
+            raise ValueError(f"{path} exists and is not a folder")
+        if path.exists() and not is_frames_folder(path):
+            raise ValueError(f"{path} is a folder that vidiff did not write (not only frame_NNNN.png and "
+                             f"{FOLDER_META}); refusing to replace it: choose a new folder")
+    elif path.is_dir():
+        raise ValueError(f"{path} is a folder: name a video file, or end the path with / for png frames")
+
+
+def check_video_output(path: str | os.PathLike, format: str | None = None) -> str:
+    """The format :func:`write_video` would use for ``path``, once checked that the write can succeed (see
+    ``vidiff.io.atomic.check_writable``) and would replace nothing but an earlier output: call it before
+    expensive work. ``ValueError`` names the path and the problem."""
+    fmt = _format_of(path, format)
+    _check_target(Path(path), fmt)
+    check_writable(path)
+    return fmt
+
+
 def _write_folder(arr: np.ndarray, path: Path, fps: Fraction) -> None:
-    parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.tmp-"))
-    give_default_mode(tmp)
-    try:
+    with atomic_dir(path) as tmp:
         digits = max(4, len(str(len(arr) - 1)))
         for i, a in enumerate(arr):
             Image.fromarray(a).save(tmp / f"frame_{i:0{digits}d}.png", format="PNG")
         meta = {"fps": float(fps), "num_frames": len(arr), "width": arr.shape[2], "height": arr.shape[1]}
         (tmp / FOLDER_META).write_text(json.dumps(meta))
-        backup = None
-        if path.exists():
-            backup = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.old-"))
-            os.replace(path, backup / "old")
-        os.replace(tmp, path)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _atomic_file(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        give_default_mode(Path(tmp))  # after the write: a writer may have replaced the file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:
+        write(str(tmp))
 
 
 def video_format_for(path: str | os.PathLike) -> str:
@@ -261,6 +273,7 @@ def write_video(frames: Any, path: str | os.PathLike, fps: float, *, format: str
     arr = _to_uint8_hwc(frames)
     rate = _as_fraction(fps)
     out = Path(path)
+    _check_target(out, fmt)
     if fmt == "png":
         _write_folder(arr, out, rate)
     elif fmt == "webp":
@@ -448,6 +461,8 @@ def _pil_frames(path: Path) -> Any:
 # -- images --------------------------------------------------------------------------------------------
 def _load_pil_rgb(path: Path, error: type[ValueError] = ValueError) -> Image.Image:
     """RGB image with EXIF orientation applied; alpha is composited on white; 16-bit is scaled."""
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise error(f"{path}: no such file")
     try:

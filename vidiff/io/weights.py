@@ -1,9 +1,10 @@
 """Safetensors and JSON files written atomically, read with clear errors, and strict state-dict checks.
 
-Every writer here puts its bytes in a temporary file next to the destination, fsyncs it and renames it
-into place, so a crash or an error leaves either the old file or the new one, never half of one.
-Readers raise :class:`CheckpointError` naming the file and what is wrong with it. Weights are never
-unpickled: ``torch.load`` is not used anywhere in ``vidiff.io``.
+Every writer here goes through :mod:`vidiff.io.atomic`: its bytes land in a temporary file next to the
+destination, are fsynced and renamed into place, so a crash or an error leaves either the old file or the
+new one, never half of one.
+Readers raise :class:`CheckpointError` naming the file and what is wrong with it. Weights are unpickled
+only from diffusers' ``.bin`` files, with ``torch.load(weights_only=True)`` (``vidiff.io.checkpoints``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from vidiff.io.atomic import atomic_dir, atomic_file, give_default_mode, write_json_atomic
 
 __all__ = [
     "CheckpointError",
@@ -42,6 +43,7 @@ _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    **{f"U{b}": getattr(torch, f"uint{b}") for b in (16, 32, 64) if hasattr(torch, f"uint{b}")},
 }
 
 
@@ -51,42 +53,6 @@ class CheckpointError(ValueError):
 
 # ------------------------------------------------------------------------------------------------
 # writing
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def give_default_mode(path: Path) -> None:
-    """``mkstemp`` / ``mkdtemp`` create owner-only entries (0600 / 0700); give ``path`` the mode a plain
-    ``open`` or ``mkdir`` would (0666 / 0777 less the umask), so outputs renamed into place are shareable."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-
-
-@contextlib.contextmanager
-def _temp_file_next_to(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s directory; rename it onto ``path`` if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        give_default_mode(tmp)  # after the write: a writer may have replaced the file
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_safetensors_atomic(
@@ -109,16 +75,8 @@ def save_safetensors_atomic(
         seen.add((t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0))
         out[name] = t
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    with _temp_file_next_to(path) as tmp:
+    with atomic_file(path) as tmp:
         save_file(out, str(tmp), metadata=meta or None)
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented, key-sorted JSON (with a final newline) atomically."""
-    path = Path(path)
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    with _temp_file_next_to(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -133,35 +91,8 @@ def atomic_output(
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise CheckpointError(f"{path}: already exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    give_default_mode(tmp)
-    target = tmp if directory else tmp / path.name
-    try:
-        yield target
-        if not directory:
-            with open(target, "rb+") as f:
-                os.fsync(f.fileno())
-        backup = None
-        if path.exists() or path.is_symlink():
-            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            backup.rmdir()
-            os.replace(path, backup)
-        try:
-            os.replace(target, path)
-        except BaseException:
-            if backup is not None:
-                os.replace(backup, path)
-            raise
-        _fsync_dir(path.parent)
-        if backup is not None:
-            if backup.is_dir() and not backup.is_symlink():
-                shutil.rmtree(backup)
-            else:
-                backup.unlink()
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(path) if directory else atomic_file(path) as tmp:
+        yield tmp
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,15 +142,40 @@ def _read_header(path: Path) -> dict[str, Any]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise CheckpointError(f"{path}: not a safetensors file (bad header entry {name!r})") from None
+        end = max(end, _check_entry(path, name, info))
     if end > size - 8 - n:
         raise CheckpointError(
             f"{path}: truncated safetensors file (tensor data needs {end} bytes, file has {size - 8 - n})"
         )
     return header
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_entry(path: Path, name: str, info: Any) -> int:
+    """Check one tensor's header entry (dtype, non-negative shape, offsets spanning its bytes); return its
+    end offset."""
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (bad header entry {name!r})")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r} (needs non-negative "
+                              "integers)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    numel = 1
+    for d in shape:
+        numel *= d
+    if offsets[1] - offsets[0] != numel * _DTYPES[dtype].itemsize:
+        raise CheckpointError(f"{path}: tensor {name!r} of shape {shape} {dtype} needs "
+                              f"{numel * _DTYPES[dtype].itemsize} bytes, its data_offsets span "
+                              f"{offsets[1] - offsets[0]}")
+    return offsets[1]
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -242,14 +198,8 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     path = Path(path)
     header = _read_header(path)
     if str(device) == "meta":  # shapes and dtypes only, from the header
-        out = {}
-        for k, v in header.items():
-            if k == "__metadata__":
-                continue
-            if v.get("dtype") not in _DTYPES:
-                raise CheckpointError(f"{path}: tensor {k!r} has unsupported dtype {v.get('dtype')!r}")
-            out[k] = torch.empty(tuple(v["shape"]), dtype=_DTYPES[v["dtype"]], device="meta")
-        return out
+        return {k: torch.empty(tuple(v["shape"]), dtype=_DTYPES[v["dtype"]], device="meta")
+                for k, v in header.items() if k != "__metadata__"}
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)

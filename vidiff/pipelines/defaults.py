@@ -3,7 +3,9 @@
 diffusers' ``StableVideoDiffusionPipeline`` uses one set of defaults for SVD and SVD-XT (25 steps,
 guidance 1.0 -> 3.0, fps 7, motion bucket 127, noise augmentation 0.02, 576x1024, decode all frames
 at once). Stability's sgm scripts differ (svd: guidance 1.0 -> 2.5; svd_xt: 1.5 -> 3.0 and 30 steps;
-decoding 14 frames at a time; sv3d: 50 steps, triangle guidance max 2.5, 576x576, 21 frames).
+decoding 14 frames at a time; sv3d: 50 steps, triangle guidance max 2.5, 576x576, 21 frames). Their
+script (``scripts/sampling/simple_video_sample.py``) also seeds with 23 and renders SVD at the input image's
+own size, each side rounded down to a multiple of 64; ``behaviour="sgm"`` follows both.
 """
 
 from __future__ import annotations
@@ -49,16 +51,21 @@ _SGM: dict[str, GenerationSettings] = {
 }
 
 
-def family_for(unet_config: dict, hint: str | None = None) -> ModelFamily:
-    """Guess the model family from a diffusers-vocabulary UNet config (``hint`` wins when given)."""
-    if hint is not None:
-        if hint not in FAMILIES:
-            raise ValueError(f"unknown model type {hint!r}; known: {', '.join(FAMILIES)}")
-        return FAMILIES[hint]
-    adm = unet_config.get("projection_class_embeddings_input_dim", 768)
-    if adm == 256:
-        return FAMILIES["sv3d_u"]
-    return FAMILIES["svd_xt"] if unet_config.get("num_frames", 14) == 25 else FAMILIES["svd"]
+SGM_SEED = 23  # simple_video_sample.py: ``sample(..., seed: int = 23)``
+SGM_SIZE_MULTIPLE = 64  # simple_video_sample.py: ``width, height = map(lambda x: x - x % 64, (w, h))``
+
+
+def sgm_image_size(family: ModelFamily, image_size: tuple[int, int]) -> GenerationSettings:
+    """The size Stability's script renders an image of ``image_size`` (width, height) at: its own size with
+    each side rounded down to a multiple of 64 (SV3D: always the family's 576x576)."""
+    if family.name.startswith("sv3d"):
+        return GenerationSettings(height=family.height, width=family.width)
+    w, h = (side - side % SGM_SIZE_MULTIPLE for side in image_size)
+    if not (w and h):
+        raise ValueError(f"behaviour='sgm' renders at the image's own size rounded down to a multiple of "
+                         f"{SGM_SIZE_MULTIPLE} (as Stability's script), but the image is only {image_size[0]}x"
+                         f"{image_size[1]}: pass height and width")
+    return GenerationSettings(height=h, width=w)
 
 
 def default_settings(family: ModelFamily, behaviour: str = "diffusers", *, height: int | None = None,
@@ -69,5 +76,6 @@ def default_settings(family: ModelFamily, behaviour: str = "diffusers", *, heigh
     if family.name == "sv3d_u":
         base = base.merged(_SGM["sv3d_u"])  # sv3d has no diffusers pipeline: sgm's values are the reference
     if behaviour == "sgm":
-        base = base.merged(_SGM.get(family.name, GenerationSettings())).merged(GenerationSettings(behaviour="sgm"))
+        sgm = GenerationSettings(behaviour="sgm", seed=SGM_SEED)
+        base = base.merged(_SGM.get(family.name, GenerationSettings())).merged(sgm)
     return base

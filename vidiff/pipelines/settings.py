@@ -8,13 +8,27 @@ so a run can be repeated exactly with ``vidiff generate --settings VIDEO.json``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-SAMPLER_NAMES = ("euler", "heun", "dpmpp_2m", "euler_ancestral", "ddim")
+from vidiff.diffusion.samplers import SAMPLERS
+
+SAMPLER_NAMES = tuple(SAMPLERS)  # the sampler registry's names: one list, vidiff.diffusion.samplers
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 BEHAVIOURS = ("diffusers", "sgm")
+
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+
+
+class SettingError(ValueError):
+    """An invalid value of one setting; ``field`` names it (the CLI maps it to its option)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -43,24 +57,34 @@ class GenerationSettings:
         "sgm's guidance and step defaults", choices=BEHAVIOURS)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # types first: a settings file may hold anything JSON can
+            value, kind = getattr(self, f.name), str(f.type).removesuffix(" | None")
+            ok = {"int": (int,), "float": (int, float), "str": (str,)}[kind]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, ok)):
+                expected = {"int": "an integer", "float": "a number", "str": "a string"}[kind]
+                raise SettingError(f.name, f"{f.name} must be {expected}, got {value!r}")
         checks = {
             "height": (self.height, 8), "width": (self.width, 8), "num_frames": (self.num_frames, 1),
             "num_inference_steps": (self.num_inference_steps, 1), "fps": (self.fps, 1),
             "decode_chunk_size": (self.decode_chunk_size, 1), "decode_overlap": (self.decode_overlap, 0),
         }
         for name, (value, low) in checks.items():
-            if value is not None and (not isinstance(value, int) or value < low):
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            if value is not None and value < low:
+                raise SettingError(name, f"{name} must be an integer >= {low}, got {value!r}")
         for name in ("min_guidance_scale", "max_guidance_scale", "noise_aug_strength"):
             value = getattr(self, name)
-            if value is not None and not (value >= 0 and value == value and value != float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise SettingError(name, f"{name} must be a finite number >= 0, got {value!r}")
         if self.motion_bucket_id is not None and not 0 <= self.motion_bucket_id <= 1023:
-            raise ValueError(f"motion_bucket_id must be in 0..1023 (SVD uses 0..255), got {self.motion_bucket_id!r}")
+            raise SettingError("motion_bucket_id",
+                               f"motion_bucket_id must be in 0..1023 (SVD uses 0..255), got {self.motion_bucket_id!r}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise SettingError("seed", f"seed must be an integer in 0..{MAX_SEED} (2**64 - 1), got {self.seed!r}")
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
+            raise SettingError("sampler", f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
         if self.behaviour is not None and self.behaviour not in BEHAVIOURS:
-            raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {self.behaviour!r}")
+            raise SettingError("behaviour", f"behaviour must be one of {', '.join(BEHAVIOURS)}, "
+                               f"got {self.behaviour!r}")
 
     def merged(self, other: GenerationSettings) -> GenerationSettings:
         """These settings with every field that ``other`` sets (not None) taken from ``other``."""
@@ -71,23 +95,39 @@ class GenerationSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GenerationSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Any, source: object = None) -> GenerationSettings:
+        """Settings from a JSON object; ``source`` (a file, a model) prefixes any error, which says what
+        holds the bad value."""
+        where = f"{source}: " if source is not None else ""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}generation settings must be a JSON object, got {data!r}")
+        unknown = sorted(str(k) for k in set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"unknown generation setting(s): {', '.join(unknown)}")
-        return cls(**data)
+            raise ValueError(f"{where}unknown generation setting(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except SettingError as e:
+            raise SettingError(e.field, f"{where}{e}") from None
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """Read a sidecar written by ``vidiff generate`` (its ``settings`` plus run metadata)."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"settings file {p} is a folder, not a sidecar JSON file")
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"settings file not found: {p}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"settings file {p} is not a JSON sidecar (binary content, not UTF-8 text)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"settings file {p} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or "settings" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
         raise ValueError(f"settings file {p} has no 'settings' object (was it written by vidiff generate?)")
     return data
+
+
+def settings_from_sidecar(path: str | Path) -> GenerationSettings:
+    """The settings of an earlier run, from its sidecar; errors name the file and the field."""
+    return GenerationSettings.from_dict(read_sidecar(path)["settings"], source=f"settings file {path}")
