@@ -2,9 +2,13 @@
 
 Each control bounds one stage: decode chunks, decode overlap and VAE tiling bound the VAE decode;
 attention chunking bounds the UNet call; model / sequential offload bound the weights resident on the
-GPU. Every measurement runs in a fresh subprocess and isolates its stage: on the CPU the figure is the
-growth of the process's peak resident set size (ru_maxrss) during the stage; on CUDA it is
-``torch.cuda.max_memory_allocated`` during the stage (weights included).
+GPU; ``max_memory`` lets the planner choose. Every measurement runs in a fresh subprocess. On the CPU the
+figure is the growth of the process's peak resident set (Linux ``VmHWM``, reset after the model is loaded)
+over its resident set before the stage, plus for a whole generation the bytes of the weights (resident
+before it starts, beside code that loading imports); on CUDA it is ``torch.cuda.max_memory_allocated``
+during the stage (weights included). The
+prediction is the planner's for the same stage (``vidiff.pipelines.memory``): what the stage allocates, or
+for a whole generation its predicted peak.
 
     python benchmarks/memory_controls.py --tiny                    # random SVD-shaped model, any machine
     python benchmarks/memory_controls.py --model PATH --device cuda --dtype float16 \\
@@ -15,31 +19,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# (stage, label, controls)
-SETTINGS: list[tuple[str, str, dict]] = [
-    ("decode", "decode all frames", {}),
-    ("decode", "decode_chunk_size=4", {"decode_chunk_size": 4}),
-    ("decode", "decode_chunk_size=1", {"decode_chunk_size": 1}),
-    ("decode", "chunk=4, overlap=1", {"decode_chunk_size": 4, "decode_overlap": 1}),
-    ("decode", "vae_tiling", {"vae_tiling": True}),
-    ("unet", "unet step", {}),
-    ("unet", "attention_chunk=2", {"attention_chunk": 2}),
-    ("unet", "attention_chunk=1", {"attention_chunk": 1}),
-    ("pipeline", "whole video", {}),
-    ("pipeline", "offload=model", {"offload": "model"}),
-    ("pipeline", "offload=sequential", {"offload": "sequential"}),
-]
+# name -> (stage, controls); ``tile`` sets the VAE's tile size in latent pixels (its overlap a quarter of it)
+SETTINGS: dict[str, tuple[str, dict]] = {
+    "decode": ("decode", {}),
+    "decode_chunk_size=4": ("decode", {"decode_chunk_size": 4}),
+    "decode_chunk_size=1": ("decode", {"decode_chunk_size": 1}),
+    "chunk=4,overlap=1": ("decode", {"decode_chunk_size": 4, "decode_overlap": 1}),
+    "vae_tiling": ("decode", {"vae_tiling": True}),
+    "vae_tiling,tile=16": ("decode", {"vae_tiling": True, "tile": 16}),
+    "unet": ("unet", {}),
+    "attention_chunk=2": ("unet", {"attention_chunk": 2}),
+    "attention_chunk=1": ("unet", {"attention_chunk": 1}),
+    "pipeline": ("pipeline", {}),
+    "offload=model": ("pipeline", {"offload": "model"}),
+    "offload=sequential": ("pipeline", {"offload": "sequential"}),
+    "max_memory": ("pipeline", {"max_memory": None}),  # the budget comes from --max-memory
+}
 
 
-def _rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _resident() -> tuple[int, int]:
+    """(peak, current) resident set of this process in bytes (Linux)."""
+    text = Path("/proc/self/status").read_text()
+    return tuple(int(re.search(rf"{k}:\s+(\d+)", text).group(1)) * 1024 for k in ("VmHWM", "VmRSS"))
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -47,14 +59,22 @@ def _child(args: argparse.Namespace) -> None:
 
     from vidiff.conditioning import Cond
     from vidiff.pipelines.image_to_video import ImageToVideoPipeline
+    from vidiff.pipelines.memory import MemoryPlan, RunShape, estimate_peak, stage_activations
 
     dtype = getattr(torch, args.dtype)
     cuda = args.device.startswith("cuda")
     pipe = ImageToVideoPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
-    c = json.loads(args.controls)
+    modules = [m for m in (pipe.unet, pipe.vae, pipe.clip) if m is not None]
+    weights = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+    c = dict(json.loads(args.controls))
+    if "tile" in c:
+        pipe.vae.tile_latent_size, pipe.vae.tile_latent_overlap = c["tile"], c["tile"] // 4
+    if "max_memory" in c:
+        c["max_memory"] = args.max_memory
     f = pipe.vae.config.downsample_factor
     lat = (1, args.num_frames, pipe.unet.config.out_channels, args.height // f, args.width // f)
     z = torch.randn(lat, device=args.device)
+    image = torch.rand(3, args.height, args.width)
     if args.stage == "unet":  # one classifier-free-guidance call: batch 2
         x = torch.randn(2, *lat[1:], device=args.device, dtype=dtype)
         cfg = pipe.unet.config
@@ -65,22 +85,41 @@ def _child(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    before, start = _rss(), time.perf_counter()
+        resident = torch.cuda.memory_allocated()
+    else:
+        _reset_peak()
+    before, start = _resident()[1], time.perf_counter()
+    plan = MemoryPlan(offload=c.get("offload", "none"), decode_chunk_size=c.get("decode_chunk_size"),
+                      attention_chunk=c.get("attention_chunk"), vae_tiling=c.get("vae_tiling", False))
     with torch.no_grad():
         if args.stage == "decode":
-            pipe.vae.decode_latents(z, chunk_size=c.get("decode_chunk_size"), overlap=c.get("decode_overlap", 0),
-                                    tiled=c.get("vae_tiling", False))
+            pipe.vae.decode_latents(z, chunk_size=plan.decode_chunk_size, overlap=c.get("decode_overlap", 0),
+                                    tiled=plan.vae_tiling)
         elif args.stage == "unet":
-            with pipe.unet.chunked(c.get("attention_chunk")):
+            with pipe.unet.chunked(plan.attention_chunk):
                 pipe.unet(x, torch.zeros(2, device=args.device), cond)
         else:
-            pipe(torch.rand(3, args.height, args.width), height=args.height, width=args.width,
-                 num_frames=args.num_frames, num_inference_steps=args.steps, output_type="pt", progress=False, **c)
+            controls = {k: v for k, v in c.items() if k != "tile"}
+            out = pipe(image, height=args.height, width=args.width, num_frames=args.num_frames,
+                       num_inference_steps=args.steps, output_type="pt", progress=False, **controls)
+            plan = out.memory_plan
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else _rss() - before
-    print(json.dumps({"peak": peak, "seconds": seconds}))
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _resident()[0] - before + (weights if args.stage == "pipeline" else 0)
+    run = RunShape(batch=1, num_frames=args.num_frames, height=args.height, width=args.width, guidance=True,
+                   bytes_per_element=dtype.itemsize, vae_bytes_per_element=pipe.vae.dtype.itemsize,
+                   downsample=f, decode_overlap=c.get("decode_overlap", 0), device_type=torch.device(args.device).type)
+    if args.stage == "pipeline":
+        predicted = estimate_peak(pipe.footprint(), run, plan)["peak"]
+    else:
+        predicted = stage_activations(pipe.footprint(), run, plan)["denoise" if args.stage == "unet" else "decode"]
+        if cuda:  # max_memory_allocated counts the weights and inputs already on the device
+            predicted += resident
+    print(json.dumps({"peak": peak, "predicted": predicted, "seconds": seconds, "plan": plan.describe()}))
 
 
 def _tiny_model(folder: Path) -> Path:
@@ -111,20 +150,17 @@ def _tiny_model(folder: Path) -> Path:
     return folder
 
 
-def _predicted(model: str, dtype: str, device: str, args: argparse.Namespace, stage: str, c: dict) -> float:
-    import torch
-
-    from vidiff.pipelines.image_to_video import ImageToVideoPipeline
-    from vidiff.pipelines.memory import MemoryPlan, RunShape, estimate_peak
-
-    pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype))
-    plan = MemoryPlan(offload=c.get("offload", "none"), decode_chunk_size=c.get("decode_chunk_size"),
-                      attention_chunk=c.get("attention_chunk"), vae_tiling=c.get("vae_tiling", False))
-    run = RunShape(batch=1, num_frames=args.num_frames, height=args.height, width=args.width, guidance=True,
-                   bytes_per_element=torch.finfo(getattr(torch, dtype)).bits // 8,
-                   fused_attention=device.startswith("cuda"), downsample=pipe.vae.config.downsample_factor)
-    stages = estimate_peak(pipe.footprint(), run, plan)
-    return stages["peak" if stage == "pipeline" else {"unet": "denoise"}.get(stage, stage)]
+def measure(args: argparse.Namespace, name: str) -> dict:
+    """Run setting ``name`` in a fresh subprocess: its measured and predicted peaks, seconds and plan."""
+    stage, controls = SETTINGS[name]
+    cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--dtype", args.dtype,
+           "--height", str(args.height), "--width", str(args.width), "--num-frames", str(args.num_frames),
+           "--steps", str(args.steps), "--max-memory", str(args.max_memory), "--stage", stage,
+           "--controls", json.dumps(controls)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        return {"setting": name, "stage": stage, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return {"setting": name, "stage": stage, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
@@ -137,7 +173,9 @@ def main() -> None:
     p.add_argument("--width", type=int, default=384)
     p.add_argument("--num-frames", type=int, default=8)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--stages", nargs="*", default=["decode", "unet", "pipeline"])
+    p.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="which settings (default: all)")
+    p.add_argument("--max-memory", default="400MiB", help="the budget of the max_memory setting")
+    p.add_argument("--json", help="also write the results here")
     p.add_argument("--stage", help=argparse.SUPPRESS)  # child mode
     p.add_argument("--controls", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -150,21 +188,21 @@ def main() -> None:
     if not args.model:
         p.error("give --model PATH or --tiny")
     print(f"{args.num_frames} frames at {args.width}x{args.height}, {args.dtype} on {args.device}")
-    print(f"{'stage':<9} {'setting':<22} {'measured peak':>14} {'predicted':>12} {'seconds':>8}")
-    for stage, label, controls in SETTINGS:
-        if stage not in args.stages or (controls.get("offload") and args.device == "cpu"):
+    print(f"{'setting':<20} {'measured':>12} {'predicted':>12} {'ratio':>6} {'seconds':>8}  plan")
+    results = []
+    for name in args.settings or SETTINGS:
+        if SETTINGS[name][1].get("offload") and args.device == "cpu":
             continue  # offloading moves weights between the CPU and a GPU: nothing to measure on a CPU
-        cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--dtype", args.dtype,
-               "--height", str(args.height), "--width", str(args.width), "--num-frames", str(args.num_frames),
-               "--steps", str(args.steps), "--stage", stage, "--controls", json.dumps(controls)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            print(f"{stage:<9} {label:<22} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        res = measure(args, name)
+        results.append(res)
+        if "error" in res:
+            print(f"{name:<20} failed: {res['error']}", flush=True)
             continue
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        pred = _predicted(args.model, args.dtype, args.device, args, stage, controls)
-        peak, seconds = res["peak"] / 2**20, res["seconds"]
-        print(f"{stage:<9} {label:<22} {peak:>10.1f} MiB {pred / 2**20:>8.1f} MiB {seconds:>8.2f}", flush=True)
+        peak, pred = res["peak"] / 2**20, res["predicted"] / 2**20
+        print(f"{name:<20} {peak:>8.1f} MiB {pred:>8.1f} MiB {pred / peak:>6.2f} {res['seconds']:>8.2f}  "
+              f"{res['plan']}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"budget": args.max_memory, "results": results}, indent=1))
     if tmp is not None:
         tmp.cleanup()
 

@@ -4,13 +4,18 @@ SVD users' most common failure is running out of GPU memory; every control trade
 This module predicts the peak memory of one generation from the model's configuration and the
 requested shape, for every combination of controls, and picks the combination with the smallest
 predicted slow-down whose predicted peak fits ``max_memory``. The predictions are analytic
-(bytes of weights resident at once + the largest live activations of each stage) with a safety
-margin; ``benchmarks/memory_controls.py`` measures the real peaks they stand for.
+(bytes of weights resident at once + the largest live activations of each stage, counted block by block)
+with a safety margin. ``benchmarks/memory_controls.py`` measures the real peaks they stand for, each
+control in a fresh process, and ``tests/pipelines/test_memory.py`` holds every prediction between 1 and 2
+times its measurement on the CPU. On the CPU the figures include what the allocator keeps (see
+:func:`host_overhead`); the CUDA figures count the same blocks without it, not yet checked on a GPU.
+``check_fits`` refuses a generation that no combination fits on the device, before any work.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from dataclasses import dataclass, replace
 
@@ -87,11 +92,19 @@ class ModelFootprint:
     vae_channels: tuple[int, ...]
     latent_channels: int = 4
     largest_layer_params: int = 0
+    unet_layers: tuple[int, ...] | None = None  # resnets per encoder level (None: 2 at every level, as SVD)
+    unet_in_channels: int = 8
+    vae_tile: int = 512  # pixels per tile side when tiling (the VAE's ``tile_latent_size`` x its downsampling)
 
 
 @dataclass(frozen=True)
 class RunShape:
-    """The shape of one generation."""
+    """The shape of one generation.
+
+    ``device_type``: ``"cpu"`` when the device is the host. There the figure that matters is the process's
+    resident set: weights are always resident (offloading saves nothing), and the allocator's behaviour is
+    part of the peak (see :func:`host_overhead`).
+    """
 
     batch: int
     num_frames: int
@@ -100,72 +113,167 @@ class RunShape:
     guidance: bool
     bytes_per_element: int = 2
     downsample: int = 8
-    fused_attention: bool = True  # flash / memory-efficient SDPA: no L x L score matrix
+    fused_attention: bool = True  # flash / memory-efficient SDPA (also PyTorch's CPU kernel): no L x L scores
+    decode_overlap: int = 0  # frames of context decoded on each side of a chunk
+    vae_bytes_per_element: int = 4  # the VAE runs in float32 unless the pipeline casts it
+    device_type: str = "cuda"
 
 
-def _unet_activation_bytes(fp: ModelFootprint, run: RunShape, attention_chunk: int | None) -> float:
-    """Peak live activations of one UNet call: skip connections plus the largest block's temporaries."""
+# Live tensors of one spatio-temporal resnet, in units of ``(C_in + C_out) / 2`` feature maps: the input,
+# its GroupNorm and SiLU, the convolution output, the blocked copies of a convolution's input and output
+# that oneDNN / cuDNN make, the temporal resnet's transposed copies and the learned blend's three terms.
+# Counted from ``vidiff.autoencoders.blocks`` / ``vidiff.networks.resnet`` and checked against measured peaks
+# (``benchmarks/memory_controls.py``): 10 bounds every measurement.
+RESNET_MAPS = 10
+# Live feature maps of one spatio-temporal transformer beside its MLP: the residual, the normalised and
+# projected tokens, the spatial output held for the blend, the mixed input, its transposed copy, the
+# temporal output and its copy back.
+TRANSFORMER_MAPS = 8
+# Per token chunk: GEGLU's projection (8C), the GELU of its gate (4C), their product (4C), the output, the
+# normalised input and the residual sum (3C), 19 in all; attention's q, k, v, output and its transposed copy
+# (5C) come before and are freed by then. 24 bounds the measurements: these odd-sized temporaries fragment.
+CHUNK_MAPS = 24
+# glibc's largest mmap threshold: freed blocks below it stay in the heap for reuse, so on the CPU the
+# resident set runs up to about twice the live tensors when the largest ones are smaller than this.
+GLIBC_MMAP_MAX = 32 * 2**20
+HOST_WORKSPACE = 24 * 2**20  # oneDNN / OpenMP workspaces created on the CPU by a process's first calls
+HOST_RETAINED = 0.5  # share of an earlier stage's activations still resident during a later one (CPU)
+
+
+def host_overhead(live: float, largest: float) -> float:
+    """Resident-set bytes of a stage on the CPU whose live tensors peak at ``live`` (largest tensor
+    ``largest``): the allocator's retention (x1.9 below glibc's mmap threshold, x1.15 above it) plus 24 MiB
+    of runtime workspaces (oneDNN, OpenMP) created on first use. Both factors were measured on the CPU in
+    fresh processes (``benchmarks/memory_controls.py``); they are not used for CUDA devices."""
+    return (1.9 if largest < GLIBC_MMAP_MAX else 1.15) * live + HOST_WORKSPACE
+
+
+def _unet_resnets(fp: ModelFootprint) -> list[tuple[int, int, int]]:
+    """``(C_in, C_out, level)`` of every resnet of the UNet, encoder then decoder (as ``UNetSpatioTemporal``)."""
+    channels = fp.unet_channels
+    layers = fp.unet_layers or (2,) * len(channels)
+    out, skips, prev = [], [channels[0]], channels[0]
+    for i, c in enumerate(channels):
+        for _ in range(layers[i]):
+            out.append((prev, c, i))
+            prev = c
+        skips += [c] * (layers[i] + (0 if i == len(channels) - 1 else 1))
+    for i in reversed(range(len(channels))):
+        for _ in range(layers[i] + 1):
+            out.append((prev + skips.pop(), channels[i], i))
+            prev = channels[i]
+    return out
+
+
+def _unet_activation_bytes(fp: ModelFootprint, run: RunShape, attention_chunk: int | None) -> tuple[float, float]:
+    """Live bytes of one UNet call at its peak, and its largest tensor.
+
+    The skip connections stay live through the call; on top of them, the largest of: one resnet
+    (``RESNET_MAPS`` maps of its mean width), or one transformer (``TRANSFORMER_MAPS`` whole maps plus
+    ``CHUNK_MAPS`` maps of the tokens processed at once, and the L x L scores of those tokens when
+    attention is not fused). ``attention_chunk`` frames bound the tokens per call to
+    ``attention_chunk x h x w`` at the latent resolution, at every level (``UNetSpatioTemporal``).
+    """
     n = run.batch * run.num_frames * (2 if run.guidance else 1)
-    h, w = run.height // run.downsample, run.width // run.downsample
+    h, w = max(1, run.height // run.downsample), max(1, run.width // run.downsample)
     b = run.bytes_per_element
-    skips = 0.0
-    block_peak = 0.0
-    for level, (c, heads) in enumerate(zip(fp.unet_channels, fp.unet_heads)):
-        hw = max(1, (h >> level) * (w >> level))
-        fmap = n * c * hw * b
-        skips += 3 * fmap  # two resnet outputs and a downsample output per level are kept for the decoder
-        seqs = n if attention_chunk is None else min(n, attention_chunk)
-        ff = seqs * hw * 8 * c * b * 1.5  # GEGLU projection (2 x 4C) and its activation
-        scores = 0.0 if run.fused_attention else seqs * heads * hw * hw * b
-        # spatial attention over h*w tokens per frame; temporal attention over T tokens per pixel is smaller
-        block_peak = max(block_peak, 6 * fmap + ff + scores)
-    return skips + block_peak
+    levels = len(fp.unet_channels)
+    pixels = [max(1, -(-h // 2**i)) * max(1, -(-w // 2**i)) for i in range(levels)]
+    layers = fp.unet_layers or (2,) * levels
+    skips = fp.unet_channels[0] * pixels[0]
+    for i, c in enumerate(fp.unet_channels):
+        skips += c * (layers[i] * pixels[i] + (pixels[i + 1] if i < levels - 1 else 0))
+    block = max(RESNET_MAPS * (ci + co) / 2 * pixels[i] for ci, co, i in _unet_resnets(fp))
+    largest = 0.0
+    for i, (c, heads) in enumerate(zip(fp.unet_channels[:-1], fp.unet_heads)):  # no attention at the deepest
+        tokens = n * pixels[i]
+        chunk = tokens if attention_chunk is None else min(tokens, attention_chunk * h * w)
+        scores = 0.0 if run.fused_attention else chunk / pixels[i] * heads * pixels[i] ** 2
+        block = max(block, (TRANSFORMER_MAPS * tokens + CHUNK_MAPS * chunk) * c / n + scores / n)
+        largest = max(largest, 8 * chunk * c * b, scores * b)
+    inputs = 2 * n * (fp.unet_in_channels + fp.latent_channels) * pixels[0]  # the UNet's input and output
+    live = (skips + block) * n * b + inputs * b
+    largest = max(largest, 2 * max(ci * pixels[i] for ci, _, i in _unet_resnets(fp)) * n * b)
+    return live, largest
 
 
-def _vae_decode_bytes(fp: ModelFootprint, run: RunShape, chunk: int, tiling: bool) -> float:
-    """Peak of a temporal VAE decode of ``chunk`` frames (full-resolution 128-channel maps dominate)."""
-    h, w = run.height, run.width
+def _vae_decode_bytes(fp: ModelFootprint, run: RunShape, chunk: int, tiling: bool) -> tuple[float, float]:
+    """Live bytes of a temporal VAE decode of ``chunk`` frames at its peak, and its largest tensor.
+
+    The peak is one resnet of the decoder at the highest resolution it reaches (``RESNET_MAPS`` maps of its
+    mean width, for the frames of one call: the chunk and its overlap), plus the decoded video (the frames
+    of every chunk, their concatenation and the stacked batch: three copies) and, when tiling, the blended
+    accumulator of the call's frames.
+    """
+    frames = min(run.num_frames, chunk + 2 * run.decode_overlap)
+    f = run.downsample
+    th, tw = run.height, run.width
     if tiling:
-        h, w = min(h, 512), min(w, 512)  # tiles of 512 px (64 latent px) with overlap
-    c_full = fp.vae_channels[0]
-    fmap = chunk * run.batch * c_full * h * w * 4  # decode runs in float32 for stability
-    mid_tokens = (h // run.downsample) * (w // run.downsample)
-    attn = 0.0 if run.fused_attention else chunk * run.batch * mid_tokens * mid_tokens * 4
-    return 6 * fmap + attn
+        th, tw = min(th, fp.vae_tile), min(tw, fp.vae_tile)
+    lh, lw = max(1, th // f), max(1, tw // f)
+    rev = list(reversed(fp.vae_channels))
+    block = 0.0
+    for i, c in enumerate(rev):
+        res = lh * lw * 4**i
+        block = max(block, RESNET_MAPS * (rev[max(i - 1, 0)] + c) / 2 * res)
+    scores = 0.0 if run.fused_attention else lh * lw * lh * lw  # the mid-block's single-head attention
+    video = run.batch * run.num_frames * 3 * run.height * run.width
+    accumulator = frames * 3 * run.height * run.width if tiling else 0
+    vb = run.vae_bytes_per_element
+    live = (frames * run.batch * (block + scores) + 3 * video + accumulator) * vb
+    largest = frames * run.batch * max(max(rev[max(i - 1, 0)], c) * lh * lw * 4**i for i, c in enumerate(rev)) * vb
+    return live, largest
+
+
+def stage_activations(fp: ModelFootprint, run: RunShape, plan: MemoryPlan) -> dict[str, float]:
+    """Predicted bytes each stage (``clip``, ``encode``, ``denoise``: one UNet call, ``decode``) allocates
+    while it runs, beyond the weights and the latents: its live activations, and on the CPU the
+    allocator's retention and runtime workspaces (:func:`host_overhead`)."""
+
+    def device_bytes(live_and_largest: tuple[float, float]) -> float:
+        live, largest = live_and_largest
+        return host_overhead(live, largest) if run.device_type == "cpu" else live
+
+    chunk = run.num_frames if plan.decode_chunk_size is None else min(plan.decode_chunk_size, run.num_frames)
+    image = run.batch * 3 * run.height * run.width * 4
+    one_frame = replace(run, num_frames=1, decode_overlap=0)
+    return {
+        "clip": device_bytes((4 * image, image)),
+        "encode": device_bytes(_vae_decode_bytes(fp, one_frame, 1, plan.vae_tiling)),
+        "denoise": device_bytes(_unet_activation_bytes(fp, run, plan.attention_chunk)),
+        "decode": device_bytes(_vae_decode_bytes(fp, run, chunk, plan.vae_tiling)),
+    }
 
 
 def estimate_peak(fp: ModelFootprint, run: RunShape, plan: MemoryPlan) -> dict[str, float]:
-    """Predicted peak device bytes of each stage (``clip``, ``encode``, ``denoise``, ``decode``) and overall."""
-    b = run.bytes_per_element
+    """Predicted peak device bytes of each stage (``clip``, ``encode``, ``denoise``, ``decode``) and overall:
+    the weights resident while it runs, plus :func:`stage_activations`, plus the latents held throughout.
+
+    On the CPU the overall peak is not the largest stage: the heap an earlier stage leaves fragmented stays
+    resident while the largest one allocates tensors of other sizes; ``HOST_RETAINED`` of each other stage's
+    activations is counted (measured on whole generations, ``benchmarks/memory_controls.py``).
+    """
+    b, vb = run.bytes_per_element, run.vae_bytes_per_element
     weights = {
         "clip": fp.clip_params * b,
-        "encoder": fp.vae_encoder_params * 4,
-        "unet": fp.unet_params * b,
-        "decoder": fp.vae_decoder_params * 4,
+        "encode": fp.vae_encoder_params * vb,
+        "denoise": fp.unet_params * b,
+        "decode": fp.vae_decoder_params * vb,
     }
-    if plan.offload == "sequential":
-        largest = fp.largest_layer_params * 4
-        resident = dict.fromkeys(weights, float(largest))
-        always = 0.0
+    if run.device_type == "cpu" or plan.offload == "none":
+        resident = dict.fromkeys(weights, float(sum(weights.values())))
     elif plan.offload == "model":
-        resident, always = weights, 0.0
+        resident = weights
     else:
-        resident, always = weights, sum(weights.values())
-
-    def with_weights(stage: str, act: float) -> float:
-        return (always if plan.offload == "none" else resident[stage]) + act
-
-    chunk = run.num_frames if plan.decode_chunk_size is None else min(plan.decode_chunk_size, run.num_frames)
-    image_bytes = run.batch * 3 * run.height * run.width * 4
-    stages = {
-        "clip": with_weights("clip", image_bytes * 4),
-        "encode": with_weights("encoder", _vae_decode_bytes(fp, replace(run, num_frames=1), 1, plan.vae_tiling)),
-        "denoise": with_weights("unet", _unet_activation_bytes(fp, run, plan.attention_chunk)),
-        "decode": with_weights("decoder", _vae_decode_bytes(fp, run, chunk, plan.vae_tiling)),
-    }
-    latents = run.batch * run.num_frames * fp.latent_channels * (run.height // 8) * (run.width // 8) * 4 * 4
-    stages = {k: v + latents for k, v in stages.items()}
+        resident = dict.fromkeys(weights, float(fp.largest_layer_params * 4))
+    latents = run.batch * run.num_frames * fp.latent_channels * (run.height // run.downsample) * (
+        run.width // run.downsample) * 4 * 4  # the sampler's state, its derivative, the denoised and the noise
+    acts = stage_activations(fp, run, plan)
+    stages = {k: resident[k] + act + latents for k, act in acts.items()}
     stages["peak"] = max(stages.values())
+    if run.device_type == "cpu":  # heap fragments earlier stages leave stay resident (see the docstring)
+        own = sorted(a - HOST_WORKSPACE for a in acts.values())
+        stages["peak"] = resident["decode"] + latents + HOST_WORKSPACE + own[-1] + HOST_RETAINED * sum(own[:-1])
     return stages
 
 
@@ -178,22 +286,33 @@ def _plan_cost(plan: MemoryPlan, num_frames: int) -> float:
     if plan.vae_tiling:
         cost += _COST["tiling"]
     if plan.attention_chunk is not None:
-        cost += _COST["attention_chunk"]
+        cost += _COST["attention_chunk"] * 2 / plan.attention_chunk  # more, smaller kernel calls
     if plan.decode_chunk_size is not None and plan.decode_chunk_size < num_frames:
         cost += 0.01 * (num_frames / plan.decode_chunk_size)  # more, smaller decoder calls
     return cost
 
 
-def candidate_plans(num_frames: int) -> list[MemoryPlan]:
-    """Every combination of controls the planner considers."""
+def candidate_plans(num_frames: int, device_type: str = "cuda") -> list[MemoryPlan]:
+    """Every combination of controls the planner considers (no offloading when the device is the CPU)."""
     chunks: list[int | None] = [None, *[c for c in (14, 8, 4, 2, 1) if c < num_frames]]
+    offloads = ("none",) if device_type == "cpu" else OFFLOAD_MODES
     out = []
-    for offload, chunk, attn, tiling in itertools.product(OFFLOAD_MODES, chunks, (None, 2), (False, True)):
+    for offload, chunk, attn, tiling in itertools.product(offloads, chunks, (None, 2, 1), (False, True)):
         out.append(MemoryPlan(offload=offload, decode_chunk_size=chunk, attention_chunk=attn, vae_tiling=tiling))
     return out
 
 
 SAFETY_MARGIN = 1.15
+
+
+def _scored(fp: ModelFootprint, run: RunShape) -> list[tuple[float, float, MemoryPlan]]:
+    """``(cost, predicted peak x SAFETY_MARGIN, plan)`` of every candidate plan."""
+    return [(_plan_cost(plan, run.num_frames), estimate_peak(fp, run, plan)["peak"] * SAFETY_MARGIN, plan)
+            for plan in candidate_plans(run.num_frames, run.device_type)]
+
+
+def _shape_words(run: RunShape) -> str:
+    return f"{run.num_frames} frames at {run.width}x{run.height}"
 
 
 def plan_for_budget(fp: ModelFootprint, run: RunShape, max_memory: int | str) -> tuple[MemoryPlan, float]:
@@ -203,16 +322,32 @@ def plan_for_budget(fp: ModelFootprint, run: RunShape, max_memory: int | str) ->
     smallest predicted peak when no combination fits.
     """
     budget = parse_memory(max_memory)
-    scored = []
-    for plan in candidate_plans(run.num_frames):
-        peak = estimate_peak(fp, run, plan)["peak"] * SAFETY_MARGIN
-        scored.append((peak <= budget, _plan_cost(plan, run.num_frames), peak, plan))
-    fitting = [s for s in scored if s[0]]
+    scored = _scored(fp, run)
+    fitting = [s for s in scored if s[1] <= budget]
     if not fitting:
-        smallest = min(s[2] for s in scored)
+        smallest = min(s[1] for s in scored)
         raise ValueError(
             f"max_memory={format_bytes(budget)} is too small: the most frugal controls need about "
-            f"{format_bytes(smallest)} for {run.num_frames} frames at {run.width}x{run.height}"
+            f"{format_bytes(smallest)} for {_shape_words(run)}"
         )
-    _, _, peak, plan = min(fitting, key=lambda s: (s[1], s[2]))
+    _, peak, plan = min(fitting, key=lambda s: (s[0], s[1]))
     return plan, peak
+
+
+def check_fits(fp: ModelFootprint, run: RunShape, capacity: int, device: str) -> None:
+    """Refuse a generation that cannot fit the device's ``capacity`` bytes even with every memory control.
+
+    Raises ``ValueError`` naming the shape, the smallest predicted peak and the capacity; cheap (no tensor
+    is allocated), so callers check before any work starts.
+    """
+    _, smallest, plan = min(_scored(fp, run), key=lambda s: s[1])
+    if smallest > capacity:
+        raise ValueError(
+            f"{_shape_words(run)} needs about {format_bytes(smallest)} even with the most frugal memory "
+            f"controls ({plan.describe()}), more than the {format_bytes(capacity)} of {device}"
+        )
+
+
+def host_memory() -> int:
+    """Physical memory of this machine in bytes (the capacity when the device is the CPU)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -69,3 +69,12 @@ class SequentialOffload:
 def largest_leaf_params(module: nn.Module) -> int:
     """Parameter count of the largest leaf module (what sequential offload keeps resident)."""
     return max((sum(p.numel() for p in m.parameters(recurse=False)) for m in _leaf_modules(module)), default=0)
+
+
+def device_memory(device: torch.device) -> int:
+    """Total memory of ``device`` in bytes: the GPU's, or this machine's physical memory for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    from vidiff.pipelines.memory import host_memory
+
+    return host_memory()
