@@ -45,7 +45,7 @@ def test_true_flow_gives_zero_loss_wrong_flow_does_not() -> None:
              for e in (-1.0, -0.5, 0.0, 0.5, 1.0)]
     assert int(np.argmin(sweep)) == 2
 
-    # differentiable in the flow (the motion head trains through it)
+    # differentiable in the flow as well as in the frames
     f = zero.clone().requires_grad_(True)
     flow_consistency_loss(frames, f).sum().backward()
     assert f.grad is not None and float(f.grad.abs().sum()) > 0

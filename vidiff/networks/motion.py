@@ -1,12 +1,15 @@
 """Motion predictor: a small convolutional head predicting optical flow between consecutive frames.
 
-Used by motion-consistency training (``vidiff.training.objectives.flow_consistency_loss``): the head reads
-the model's denoised prediction ``x̂ (B, T, C, H, W)`` (latents or pixels) and predicts, for every pair of
-consecutive frames ``(x̂_i, x̂_{i+1})``, a backward flow ``f_i (B, T−1, 2, H, W)`` in pixels, channel 0 the
-horizontal (x, width) and channel 1 the vertical (y, height) displacement, such that
-``x̂_i(p) ≈ x̂_{i+1}(p + f_i(p))``. Pair-wise correlation-free design in the spirit of FlowNetSimple
-(Dosovitskiy et al. 2015), scaled down to a few 3×3 convolutions; the last layer starts at zero so the
-initial prediction is the identity warp and adding the head does not perturb a pretrained model.
+Trained beside motion-consistency training (``vidiff.training.objectives``): the head reads the *clean*
+training clip ``x₀ (B, T, C, H, W)`` (latents or pixels) and predicts, for every pair of consecutive frames
+``(x_i, x_{i+1})``, a backward flow ``f_i (B, T−1, 2, H, W)`` in pixels, channel 0 the horizontal (x, width)
+and channel 1 the vertical (y, height) displacement, such that ``x_i(p) ≈ x_{i+1}(p + f_i(p))``. It is
+supervised by the endpoint error against the fixed estimator's flow of that clip
+(``objectives.reference_flow``), as FlowNet is trained (Dosovitskiy et al. 2015), and never judges the
+denoiser's prediction: a flow read from the prediction by a head that starts at zero makes a still
+prediction the cheapest one (``benchmarks/flow_consistency.py`` measures it). Pair-wise
+correlation-free design in the spirit of FlowNetSimple, scaled down to a few 3×3 convolutions; the last
+layer starts at zero (zero flow at initialisation).
 """
 
 from __future__ import annotations

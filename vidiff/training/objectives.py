@@ -5,12 +5,17 @@
   v-prediction preconditioning with EDM's ``c_noise = ¼ ln σ`` (``VScalingEDMcNoise``) and, for σ_data = 1,
   the weighting ``λ = (σ² + 1)/σ²`` (``VWeighting``).
 * ``ddpm`` — ε-prediction MSE at a uniform discrete timestep (Ho et al. 2020, Alg. 1).
-* ``flow`` — motion consistency of the model's denoised prediction ``x̂ = D(x_σ, σ)``: a
-  :class:`~vidiff.networks.motion.MotionPredictor` predicts backward flows ``f_i`` between frames i and
-  i+1 and the term is the photometric warp error ``‖x̂_i − W(x̂_{i+1}, f_i)‖₁`` (W = differentiable
-  backward warp with bilinear sampling, ``vidiff.metrics.flow.warp``), averaged over pixels whose sample
-  point ``p + f_i(p)`` lies inside the frame. Gradients reach both the motion head and the denoiser, so the
-  model is pushed towards predictions whose consecutive frames are explained by a smooth motion field.
+* ``flow`` — motion consistency of the model's denoised prediction ``x̂ = D(x_σ, σ)`` (seed 000 §5.2,
+  ``L_flow = Σ_i ‖x̂_i − W(x̂_{i+1}, f_i)‖₁``): the backward flows ``f_i`` between frames i and i+1 come from
+  a **fixed** estimator run on the clean training clip ``x₀`` (:func:`reference_flow`, the CLG estimator
+  of ``vidiff.metrics.flow``) under ``no_grad``, and the term is the photometric warp error of the
+  *prediction* under the clip's own motion (W = differentiable bilinear backward warp), averaged over
+  pixels whose sample point ``p + f_i(p)`` lies inside the frame. Gradient reaches the denoiser only:
+  the flow is a constant of the step, so the term can only be lowered by predicting frames that move as
+  the clip moves — a still prediction is penalised wherever the clip moves (a learned flow that reads the
+  prediction would instead be minimised, from its zero initialisation, by still predictions). The
+  :class:`~vidiff.networks.motion.MotionPredictor` head, when present, learns to regress that same flow
+  from the clean clip (FlowNet's endpoint error, Dosovitskiy et al. 2015) and never judges the prediction.
 
 Random draws are made **per sample** from a generator keyed by ``(seed, step, position in the global
 batch)`` (:func:`sample_draws`), which makes a run independent of how the global batch is split over
@@ -25,17 +30,10 @@ import torch
 from torch import nn
 
 from vidiff.diffusion.denoiser import Denoiser
-from vidiff.diffusion.losses import (
-    EDMLogNormalSampler,
-    EDMWeighting,
-    EpsWeighting,
-    UnitWeighting,
-    VWeighting,
-    denoising_loss,
-)
-from vidiff.diffusion.scalings import EpsScaling, scaling_by_name
-from vidiff.diffusion.schedules import alphas_cumprod, ddpm_q_sample, scaled_linear_betas
-from vidiff.metrics.flow import warp
+from vidiff.diffusion.losses import EDMLogNormalSampler, ddpm_eps_loss, denoising_loss, weighting_by_name
+from vidiff.diffusion.scalings import DiscreteEpsScaling, scaling_by_name
+from vidiff.diffusion.schedules import DiscreteSchedule, alphas_cumprod, make_betas
+from vidiff.metrics.flow import estimate_flow, warp
 from vidiff.training.config import LossConfig
 from vidiff.utils import append_dims
 
@@ -63,8 +61,9 @@ class Draws:
 
 
 def ddpm_alphas_cumprod(cfg: LossConfig) -> torch.Tensor:
-    """ᾱ_t of the "scaled linear" β schedule SD/SVD use (linear in √β), float64."""
-    return alphas_cumprod(scaled_linear_betas(cfg.ddpm_timesteps, cfg.ddpm_beta_start, cfg.ddpm_beta_end))
+    """ᾱ_t of the β schedule ``cfg.ddpm_beta_schedule`` (``linear``: DDPM's 1e-4 → 0.02), float64."""
+    return alphas_cumprod(make_betas(cfg.ddpm_beta_schedule, cfg.ddpm_timesteps, cfg.ddpm_beta_start,
+                                     cfg.ddpm_beta_end))
 
 
 def sample_draws(cfg: LossConfig, *, seed: int, step: int, positions: list[int], image_shape: tuple[int, ...],
@@ -100,17 +99,17 @@ def sample_draws(cfg: LossConfig, *, seed: int, step: int, positions: list[int],
 
 
 def make_scaling(cfg: LossConfig) -> object:
-    """The preconditioning (Karras et al. 2022 Table 1) named by ``cfg.scaling`` (``eps`` for ddpm)."""
+    """The preconditioning (Karras et al. 2022 Table 1) named by ``cfg.scaling``; for ddpm the one it trains:
+    ε-prediction with ``c_noise`` = the integer timestep of its β schedule (``discrete_eps``)."""
     if cfg.objective == "ddpm":
-        return EpsScaling()
+        return DiscreteEpsScaling(DiscreteSchedule(ddpm_alphas_cumprod(cfg)))
     return scaling_by_name(cfg.scaling, cfg.sigma_data)
 
 
 def make_weighting(cfg: LossConfig) -> object:
-    """λ(σ): ``v`` = (σ²+1)/σ² (EDM with σ_data = 1), ``edm`` (σ²+σ_d²)/(σσ_d)², ``eps`` 1/σ², ``unit``."""
-    if cfg.weighting == "edm":
-        return EDMWeighting(cfg.sigma_data)
-    return {"v": VWeighting, "eps": EpsWeighting, "unit": UnitWeighting}[cfg.weighting]()
+    """λ(σ) named by ``cfg.weighting`` (``vidiff.diffusion.WEIGHTINGS``): ``v`` = (σ²+1)/σ² (EDM with
+    σ_data = 1), ``edm`` (σ²+σ_d²)/(σσ_d)², ``eps`` 1/σ², ``unit``."""
+    return weighting_by_name(cfg.weighting, cfg.sigma_data)
 
 
 def flow_consistency_loss(frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -133,11 +132,40 @@ def flow_consistency_loss(frames: torch.Tensor, flow: torch.Tensor) -> torch.Ten
     return err.sum(dim=(1, 2, 3, 4)) / (valid.sum(dim=(1, 2, 3, 4)) * c).clamp_min(1.0)
 
 
+@torch.no_grad()
+def reference_flow(x0: torch.Tensor) -> torch.Tensor:
+    """Backward flows ``(B, T−1, 2, H, W)`` of the clean clip ``x0 (B, T, C, H, W)`` by the fixed CLG estimator.
+
+    ``x0_i(p) ≈ x0_{i+1}(p + f_i(p))`` (``vidiff.metrics.flow.estimate_flow``), computed without gradient:
+    the target of the flow-consistency term is a constant of the training step. Three channels are read
+    as pixels in [-1, 1] (luma of ``(x + 1)/2``); any other channel count (latents) as the channel mean
+    rescaled to [0, 1] over the clip.
+    """
+    if x0.ndim != 5 or x0.shape[1] < 2:
+        raise ValueError(f"x0 must be (B, T >= 2, C, H, W), got {tuple(x0.shape)}")
+    b, t, c, h, w = x0.shape
+    x = x0.float()
+    if c == 3:
+        frames = ((x + 1) / 2).clamp(0, 1)
+    else:
+        frames = x.mean(dim=2, keepdim=True)
+        lo = frames.amin(dim=(1, 2, 3, 4), keepdim=True)
+        hi = frames.amax(dim=(1, 2, 3, 4), keepdim=True)
+        frames = (frames - lo) / (hi - lo).clamp_min(1e-6)
+    flow = estimate_flow(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1))
+    return flow.reshape(b, t - 1, 2, h, w).to(x0.dtype)
+
+
+def endpoint_error(flow: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean Euclidean distance ``mean_p ‖flow(p) − target(p)‖`` (FlowNet's EPE), ``(B,)``."""
+    return torch.linalg.vector_norm(flow - target, dim=2).flatten(1).mean(1)
+
+
 class DiffusionObjective(nn.Module):
     """The trained module: network (+ motion head) and the loss in one ``forward``.
 
     Keeping the loss inside ``forward`` lets DDP / FSDP see every parameter use in one call.
-    ``forward(x0, cond, draws) -> {"loss", "diffusion", "flow"}``, each per sample ``(B,)``.
+    ``forward(x0, cond, draws) -> {"loss", "diffusion", "flow", "motion_head"}``, each per sample ``(B,)``.
     """
 
     def __init__(self, unet: nn.Module, cfg: LossConfig, motion_head: nn.Module | None = None) -> None:
@@ -147,21 +175,23 @@ class DiffusionObjective(nn.Module):
         self.cfg = cfg
         self.scaling = make_scaling(cfg)
         self.weighting = make_weighting(cfg)
-        if cfg.flow_weight > 0 and motion_head is None:
-            raise ValueError("loss.flow_weight > 0 needs a motion head")
         self.register_buffer("alphas_cumprod", ddpm_alphas_cumprod(cfg).float(), persistent=False)
 
     def forward(self, x0: torch.Tensor, cond: object, draws: Draws) -> dict[str, torch.Tensor]:
         noise = draws.noise.to(x0.dtype)
         if self.cfg.objective == "ddpm":
-            # Ho et al. 2020 Alg. 1: x_t = √ᾱ x₀ + √(1−ᾱ) ε, loss ‖ε − ε_θ(x_t, t)‖², the network sees t.
-            t = draws.timestep.long()
-            x_t = ddpm_q_sample(x0, t, noise, alphas_cumprod=self.alphas_cumprod)
-            dtype = next(self.unet.parameters()).dtype
-            eps = self.unet(x_t.to(dtype), t.to(dtype), cond).to(x0.dtype)
-            per = (eps - noise).square().flatten(1).mean(1)
-            a = append_dims(self.alphas_cumprod.to(x0.device)[t], x0.ndim).to(x0.dtype)
-            denoised = (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # x̂₀ for the flow term
+            # Ho et al. 2020 Alg. 1 with the drawn t and ε: ‖ε − ε_θ(√ᾱ x₀ + √(1−ᾱ) ε, t)‖², the network sees t.
+            seen = []
+
+            def eps_model(x_t: torch.Tensor, t: torch.Tensor, c: object) -> torch.Tensor:
+                dtype = next(self.unet.parameters()).dtype
+                eps = self.unet(x_t.to(dtype), t.to(dtype), c).to(x_t.dtype)
+                a = append_dims(self.alphas_cumprod[t.long()], x_t.ndim).to(x_t.dtype)
+                seen.append((x_t - (1 - a).sqrt() * eps) / a.sqrt())  # x̂₀ for the flow term
+                return eps
+
+            per = ddpm_eps_loss(eps_model, x0, cond, self.alphas_cumprod, noise=noise, timesteps=draws.timestep)
+            denoised = seen[0]
         else:
             seen: list[torch.Tensor] = []
 
@@ -176,7 +206,11 @@ class DiffusionObjective(nn.Module):
             # EDM eq. 2 and 8 with the drawn σ and n: λ(σ)·mean((D(x₀ + σn, σ) − x₀)²) per sample
             per = denoising_loss(denoiser, x0, cond, sigmas, self.weighting, noise=noise)
             denoised = seen[0]
-        flow = torch.zeros_like(per)
-        if self.cfg.flow_weight > 0 and self.motion_head is not None:
-            flow = flow_consistency_loss(denoised, self.motion_head(denoised))
-        return {"loss": per + self.cfg.flow_weight * flow, "diffusion": per, "flow": flow}
+        flow = head = torch.zeros_like(per)
+        if self.cfg.flow_weight > 0:
+            target = reference_flow(x0)  # fixed estimator on the clean clip: no gradient reaches it
+            flow = flow_consistency_loss(denoised, target)
+            if self.motion_head is not None:  # learns the clip's flow; its output never enters `flow`
+                head = endpoint_error(self.motion_head(x0), target)
+        return {"loss": per + self.cfg.flow_weight * (flow + head), "diffusion": per, "flow": flow,
+                "motion_head": head}
