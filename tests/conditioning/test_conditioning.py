@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
-import sysconfig
 from pathlib import Path
 
 import diffusers
@@ -30,7 +30,7 @@ from vidiff.conditioning import (
 )
 from vidiff.utils import timestep_embedding
 
-PHOTOS = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data"
+PHOTOS = Path(importlib.util.find_spec("skimage").origin).parent / "data"  # found through the package
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,17 +100,47 @@ def test_conditioner_cond_and_uncond() -> None:
     assert both.batch_size == 4 and torch.equal(both.concat[2:], cond.concat)
 
 
-def test_drop_conditions_rate_and_zeros() -> None:
-    n, p = 4000, 0.2
-    cond = Cond(crossattn=torch.ones(n, 1, 4), vector=torch.ones(n, 6), concat=torch.ones(n, 4, 2, 2))
-    dropped, keep = drop_conditions(cond, p, torch.Generator().manual_seed(0))
-    rate = 1 - keep.mean().item()
-    assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / n)  # within 4 binomial standard deviations
-    gone = keep == 0
-    assert torch.count_nonzero(dropped.crossattn[gone]) == 0
-    assert torch.count_nonzero(dropped.concat[gone]) == 0
-    assert torch.equal(dropped.crossattn[~gone], cond.crossattn[~gone])
+def test_drop_conditions_gives_the_unconditional_rows_where_dropped() -> None:
+    g = torch.Generator().manual_seed(0)
+    cond = Cond(crossattn=torch.randn(4, 1, 4, generator=g), vector=torch.randn(4, 6, generator=g),
+                concat=torch.randn(4, 3, 4, 2, 2, generator=g))
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    dropped = drop_conditions(cond, keep)
+    uncond = cond.zeros_like()
+    for field in ("crossattn", "vector", "concat"):
+        got, full, zero = getattr(dropped, field), getattr(cond, field), getattr(uncond, field)
+        assert torch.equal(got[[0, 2]], full[[0, 2]]), field
+        assert torch.equal(got[[1, 3]], zero[[1, 3]]), field
     assert torch.equal(dropped.vector, cond.vector)  # micro-conditioning is never dropped
+    with pytest.raises(ValueError, match=r"keep must have shape \(4,\)"):
+        drop_conditions(cond, keep[:3])
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        drop_conditions(cond, torch.full((4,), 0.5))
+
+
+def test_noise_augment_with_given_noise_per_image_strength() -> None:
+    """Training passes its own per-sample noise and strengths: ``image + s_b·ε`` exactly."""
+    g = torch.Generator().manual_seed(4)
+    image, noise = torch.rand(3, 3, 5, 4, generator=g) * 2 - 1, torch.randn(3, 3, 5, 4, generator=g)
+    strength = torch.tensor([0.0, 0.02, 1.5])
+    out = noise_augment(image, strength, noise=noise)
+    for b in range(3):
+        assert torch.equal(out[b], image[b] + strength[b] * noise[b])
+    with pytest.raises(ValueError, match=r"noise must have the image's shape \(3, 3, 5, 4\)"):
+        noise_augment(image, strength, noise=noise[:, :1])
+
+
+def test_training_draws_the_cfg_dropout_at_ucg_rate() -> None:
+    """Training's per-sample keep mask (the one passed to drop_conditions) drops at ``loss.ucg_rate``."""
+    from vidiff.training.config import LossConfig
+    from vidiff.training.objectives import sample_draws
+
+    n, p = 4000, 0.2
+    draws = sample_draws(LossConfig(ucg_rate=p), seed=3, step=5, positions=list(range(n)), image_shape=(3, 1, 1),
+                         latent_shape=(1, 1, 1, 1), device=torch.device("cpu"))
+    assert set(draws.keep.unique().tolist()) == {0.0, 1.0}
+    rate = 1 - draws.keep.mean().item()
+    assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / n)  # within 4 binomial standard deviations
 
 
 def test_sv3d_camera_closed_form() -> None:

@@ -27,6 +27,7 @@ from vidiff.diffusion import (
     ddpm_eps_loss,
     denoising_loss,
     linear_betas,
+    weighting_by_name,
 )
 from vidiff.utils import append_dims
 
@@ -62,6 +63,36 @@ def test_weightings_closed_forms() -> None:
     torch.testing.assert_close(VWeighting()(SIGMA), (SIGMA**2 + 1) / SIGMA**2)
     torch.testing.assert_close(EpsWeighting()(SIGMA), 1 / SIGMA**2)
     assert set(WEIGHTINGS) == {"unit", "edm", "v", "eps"}
+
+
+def test_every_registered_weighting_builds_and_unknown_names_are_listed() -> None:
+    expected = {"unit": torch.ones_like(SIGMA), "edm": (SIGMA**2 + 0.49) / (SIGMA * 0.7) ** 2,
+                "v": (SIGMA**2 + 1) / SIGMA**2, "eps": 1 / SIGMA**2}
+    for name, cls in WEIGHTINGS.items():
+        weighting = weighting_by_name(name, sigma_data=0.7)
+        assert type(weighting) is cls
+        torch.testing.assert_close(weighting(SIGMA), expected[name])
+    with pytest.raises(ValueError, match=r"unknown loss weighting 'edn'; valid: edm, eps, unit, v$"):
+        weighting_by_name("edn")
+
+
+def test_training_selects_weightings_through_the_registry(monkeypatch) -> None:
+    """A weighting added to ``WEIGHTINGS`` is accepted by the training config and built by name (with its
+    ``sigma_data``), with no second table of names to update."""
+    from vidiff.training.config import ConfigError, LossConfig
+    from vidiff.training.objectives import make_weighting
+
+    class Sqrt(EDMWeighting):
+        def __call__(self, sigma: torch.Tensor) -> torch.Tensor:
+            return super().__call__(sigma).sqrt()
+
+    monkeypatch.setitem(WEIGHTINGS, "sqrt", Sqrt)
+    weighting = make_weighting(LossConfig(weighting="sqrt", sigma_data=0.7))
+    assert type(weighting) is Sqrt and weighting.sigma_data == 0.7
+    torch.testing.assert_close(make_weighting(LossConfig(weighting="edm", sigma_data=0.7))(SIGMA),
+                               (SIGMA**2 + 0.49) / (SIGMA * 0.7) ** 2)
+    with pytest.raises(ConfigError, match=r"loss\.weighting must be one of .*'sqrt'.*got 'edn'"):
+        LossConfig(weighting="edn")
 
 
 @pytest.mark.parametrize(("scaling", "weighting"), [(EDMScaling(0.5), EDMWeighting(0.5)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from vidiff.diffusion import (
     VScalingEDMcNoise,
     X0Scaling,
     scaled_linear_betas,
+    scaling_by_name,
 )
 
 SIGMAS = torch.tensor([0.002, 0.03, 0.5, 1.0, 7.0, 80.0, 700.0], dtype=torch.float64)
@@ -70,7 +72,7 @@ def test_eps_and_v_coefficients() -> None:
     for a, b in zip(svd[:3], v[:3]):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(svd.c_noise, edm1.c_noise)
-    assert set(SCALINGS) == {"edm", "eps", "v", "v_edm", "x0"}
+    assert set(SCALINGS) == {"edm", "eps", "v", "v_edm", "x0", "discrete_eps"}
 
 
 def test_x0_coefficients() -> None:
@@ -120,21 +122,99 @@ def test_denoiser_recovers_x0_from_ideal_target(scaling: Scaling) -> None:
     assert (out - x0).abs().max().item() < 1e-6
 
 
-@pytest.mark.parametrize("scaling", _scalings(), ids=repr)
-def test_denoiser_of_ideal_gmm_target_is_ideal_denoiser(scaling: Scaling, gmm) -> None:
-    """A network returning F = (D*(x) − c_skip x)/c_out makes Denoiser(F) equal D* (the MMSE denoiser)."""
+def _ddpm_t_of_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    """SD's scaled-linear DDPM timestep of σ, written out with numpy: σ_t = √((1 − ᾱ_t)/ᾱ_t), t linear in ln σ
+    between integer steps."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    abar = np.cumprod(1 - betas)
+    log_sigmas = np.log(np.sqrt((1 - abar) / abar))
+    return torch.from_numpy(np.interp(np.log(sigma.numpy()), log_sigmas, np.arange(1000.0)))
+
+
+def _ideal_network_io(kind: str, sd: float, x: torch.Tensor, sigma: torch.Tensor, D: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a perfect network of parametrisation ``kind`` receives (``c_in·x``) and outputs (``F``) when the
+    ideal denoiser is ``D``; each written from its own paper, not from the library's coefficients."""
+    s = sigma[:, None]
+    if kind == "edm":  # Karras et al. 2022, Table 1 and eq. 7 solved for F
+        norm = (s**2 + sd**2).sqrt()
+        return x / norm, norm / (s * sd) * D - sd / (s * norm) * x
+    if kind == "eps":  # Ho et al. 2020: the network sees x_t = x/√(1+σ²) and predicts ε = (x − x₀)/σ
+        return x / (1 + s**2).sqrt(), (x - D) / s
+    if kind == "v":  # Salimans & Ho 2022: v = α ε − σ_t x₀ with α = 1/√(1+σ²), σ_t = σ/√(1+σ²)
+        eps = (x - D) / s
+        return x / (1 + s**2).sqrt(), (eps - s * D) / (1 + s**2).sqrt()
+    if kind == "x0":  # the sample itself, in units of σ_data
+        return x / (s**2 + sd**2).sqrt(), D / sd
+    raise AssertionError(kind)
+
+
+# scaling, parametrisation, σ_data, c_noise(σ): each expectation written independently of the library
+_PARAMETRISATIONS = [
+    (EDMScaling(0.5), "edm", 0.5, lambda s: s.log() / 4),
+    (EDMScaling(1.3), "edm", 1.3, lambda s: s.log() / 4),
+    (EpsScaling(), "eps", 1.0, lambda s: s),
+    (DiscreteEpsScaling(_schedule()), "eps", 1.0, _ddpm_t_of_sigma),
+    (VScaling(), "v", 1.0, lambda s: s),
+    (VScalingEDMcNoise(), "v", 1.0, lambda s: s.log() / 4),
+    (X0Scaling(0.25), "x0", 0.25, lambda s: s.log() / 4),
+]
+
+
+@pytest.mark.parametrize(("scaling", "kind", "sd", "c_noise_of"), _PARAMETRISATIONS,
+                         ids=[repr(p[0]) for p in _PARAMETRISATIONS])
+def test_denoiser_of_ideal_gmm_network_is_ideal_denoiser(scaling: Scaling, kind: str, sd: float, c_noise_of,
+                                                         gmm) -> None:
+    """A perfect network of each parametrisation, built from the closed-form E[x₀ | x] of a Gaussian mixture
+    and the parametrisation's own definition (never from the scaling under test), makes ``Denoiser`` equal
+    the ideal denoiser: any wrong c_skip / c_out changes D, any wrong c_in / c_noise is caught on input."""
+    g = torch.Generator().manual_seed(2)
+    sigma = torch.tensor([0.05, 0.4, 1.0, 3.0, 10.0], dtype=torch.float64)  # in the DDPM range for t ↔ σ
+    x = gmm.sample((5, 64), g) + sigma[:, None] * torch.randn(5, 64, generator=g, dtype=torch.float64)
+    ideal = gmm.denoise(x, sigma)
+    x_in_expected, F = _ideal_network_io(kind, sd, x, sigma, ideal)
 
     def network(x_in: torch.Tensor, c_noise: torch.Tensor, cond: object) -> torch.Tensor:
-        sigma = _sigma_of_c_noise(scaling, c_noise)
-        c_skip, c_out, c_in, _ = (c.reshape(-1, 1) for c in scaling(sigma))
-        x = x_in / c_in
-        return (gmm.denoise(x, sigma) - c_skip * x) / c_out
+        torch.testing.assert_close(c_noise, c_noise_of(sigma), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(x_in, x_in_expected, rtol=1e-12, atol=1e-12)
+        return F
 
-    g = torch.Generator().manual_seed(2)
-    sigma = torch.tensor([0.05, 0.4, 1.0, 3.0, 10.0], dtype=torch.float64)
-    x = gmm.sample((5, 64), g) + sigma[:, None] * torch.randn(5, 64, generator=g, dtype=torch.float64)
     out = Denoiser(network, scaling)(x, sigma, None)
-    assert (out - gmm.denoise(x, sigma)).abs().max().item() < 1e-6
+    assert (out - ideal).abs().max().item() < 1e-9
+
+
+def test_every_registered_scaling_builds_and_unknown_names_are_listed() -> None:
+    """Each name builds its class with the options it takes; the diffusers prediction type written on export
+    is the one of its parametrisation."""
+    prediction = {"edm": "edm", "eps": "epsilon", "discrete_eps": "epsilon", "v": "v_prediction",
+                  "v_edm": "v_prediction", "x0": "sample"}
+    schedule = _schedule()
+    for name, cls in SCALINGS.items():
+        scaling = scaling_by_name(name, sigma_data=0.7, schedule=schedule)
+        assert type(scaling) is cls
+        if hasattr(scaling, "sigma_data"):
+            assert scaling.sigma_data == 0.7
+        if hasattr(scaling, "schedule"):
+            assert scaling.schedule is schedule
+        assert scaling.prediction_type == prediction[name]
+        assert all(torch.isfinite(t).all() for t in scaling(SIGMAS[1:5]))
+    with pytest.raises(ValueError, match=r"unknown scaling 'vv'; valid: discrete_eps, edm, eps, v, v_edm, x0$"):
+        scaling_by_name("vv")
+    with pytest.raises(ValueError, match=r"unknown scaling \['v'\]; valid: "):  # not a name at all
+        scaling_by_name(["v"])
+
+
+def test_training_selects_scalings_through_the_registry(monkeypatch) -> None:
+    """A scaling added to ``SCALINGS`` is accepted by the training config and built by name, with no second
+    list of names to update."""
+    from vidiff.training.config import LossConfig
+    from vidiff.training.objectives import make_scaling
+
+    class Halved(VScaling):
+        prediction_type = "v_prediction"
+
+    monkeypatch.setitem(SCALINGS, "halved", Halved)
+    assert type(make_scaling(LossConfig(scaling="halved"))) is Halved
 
 
 class HalfScale(nn.Module):

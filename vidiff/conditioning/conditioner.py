@@ -16,6 +16,7 @@ from torch import Tensor
 from vidiff.conditioning.clip import CLIPImageEmbedder
 from vidiff.conditioning.cond import Cond
 from vidiff.conditioning.embedders import SVD_SCALARS, embed_scalars, noise_augment, scalar_values
+from vidiff.utils import Generators
 
 Encode = Callable[[Tensor], Tensor]
 
@@ -50,7 +51,7 @@ class Conditioner:
 
     @torch.no_grad()
     def __call__(self, image: Tensor, *, num_frames: int, fps: float = 7, motion_bucket_id: float = 127,
-                 noise_aug_strength: float = 0.02, generator: torch.Generator | None = None,
+                 noise_aug_strength: float = 0.02, generator: Generators = None,
                  clip_image: Tensor | None = None, dtype: torch.dtype | None = None) -> tuple[Cond, Cond]:
         """``image (B, 3, H, W)`` in [-1, 1] at the model's resolution -> ``(cond, uncond)``.
 
@@ -74,19 +75,20 @@ class Conditioner:
         return cond, cond.zeros_like()
 
 
-def drop_conditions(cond: Cond, p: float, generator: torch.Generator | None = None) -> tuple[Cond, Tensor]:
-    """Classifier-free guidance dropout (Ho & Salimans 2022): zero each sample's token and concat latent
-    with probability ``p`` (sgm's ``ucg_rate``: a Bernoulli(1 − p) factor). Returns the cond and the
-    ``(B,)`` keep mask."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-    b = cond.batch_size
-    device = generator.device if generator is not None else "cpu"
-    keep = (torch.rand(b, generator=generator, device=device) >= p).float()
+def drop_conditions(cond: Cond, keep: Tensor) -> Cond:
+    """Classifier-free guidance dropout (Ho & Salimans 2022): the samples with ``keep (B,)`` = 0 get
+    :meth:`Cond.zeros_like`'s unconditional token and concat latent (vector kept), the others are unchanged.
+
+    ``keep`` is a Bernoulli(1 − ``ucg_rate``) draw per sample (sgm's ``ucg_rate``); training draws it per
+    sample from its keyed generators (``vidiff.training.objectives.sample_draws``)."""
+    if keep.shape != (cond.batch_size,):
+        raise ValueError(f"keep must have shape ({cond.batch_size},), got {tuple(keep.shape)}")
+    if not bool(((keep == 0) | (keep == 1)).all()):
+        raise ValueError("keep must hold only 0 and 1")
 
     def apply(t: Tensor | None) -> Tensor | None:
         if t is None:
             return None
         return t * keep.to(t.device, t.dtype).view(-1, *([1] * (t.ndim - 1)))
 
-    return Cond(crossattn=apply(cond.crossattn), vector=cond.vector, concat=apply(cond.concat)), keep
+    return Cond(crossattn=apply(cond.crossattn), vector=cond.vector, concat=apply(cond.concat))

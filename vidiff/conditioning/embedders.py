@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from vidiff.utils import timestep_embedding
+from vidiff.utils import Generators, randn, timestep_embedding
 
 # The scalars each model family embeds, in checkpoint order; "fps" is embedded as fps − 1 (sgm's fps_id).
 SVD_SCALARS = ("fps", "motion_bucket_id", "noise_aug_strength")
@@ -64,18 +64,22 @@ def sv3d_default_orbit(num_frames: int = 21, elevation_deg: float = 10.0) -> tup
     return torch.full((1, num_frames), elevation_deg, dtype=torch.float64), az[None]
 
 
-def noise_augment(image: Tensor, strength: float | Tensor,
-                  generator: torch.Generator | None = None) -> Tensor:
-    """``image + strength·ε``, ε ~ N(0, I) drawn on the generator's device in the image's dtype.
+def noise_augment(image: Tensor, strength: float | Tensor, generator: Generators = None, *,
+                  noise: Tensor | None = None) -> Tensor:
+    """``image + strength·ε``, ε ~ N(0, I) drawn on the generator's device in the image's dtype (a list of
+    generators: one per image, see :func:`vidiff.utils.randn`), or the given ``noise`` (training's
+    per-sample draws). ``strength`` is a number or one per image ``(B,)``.
 
     SVD conditions on a noisy copy of the input (Blattmann et al. 2023, Sec. 4.1: "noise augmentation");
     the draw matches diffusers' ``randn_tensor`` so seeds reproduce its videos.
     """
     if not math.isfinite(float(torch.as_tensor(strength).max())):
         raise ValueError(f"noise_aug_strength must be finite, got {strength}")
-    device = generator.device if generator is not None else image.device
-    noise = torch.randn(image.shape, generator=generator, device=device, dtype=image.dtype)
-    noise = noise.to(image.device)
+    if noise is None:
+        noise = randn(image.shape, generator, device=image.device, dtype=image.dtype)
+    elif noise.shape != image.shape:
+        raise ValueError(f"noise must have the image's shape {tuple(image.shape)}, got {tuple(noise.shape)}")
+    noise = noise.to(image.device, image.dtype)
     s = torch.as_tensor(strength, dtype=image.dtype, device=image.device)
     if s.ndim == 1:
         s = s.view(-1, *([1] * (image.ndim - 1)))

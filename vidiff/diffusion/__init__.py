@@ -9,6 +9,7 @@ from vidiff.diffusion.guidance import (
     CFGDenoiser,
     cat_conds,
     constant_scales,
+    frame_scales,
     linear_frame_scales,
     per_frame,
     triangle_frame_scales,
@@ -24,6 +25,7 @@ from vidiff.diffusion.losses import (
     VWeighting,
     ddpm_eps_loss,
     denoising_loss,
+    weighting_by_name,
 )
 from vidiff.diffusion.samplers import (
     SAMPLERS,
@@ -33,6 +35,7 @@ from vidiff.diffusion.samplers import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+    sampler_by_name,
     to_d,
 )
 from vidiff.diffusion.scalings import (
@@ -46,6 +49,7 @@ from vidiff.diffusion.scalings import (
     VScalingEDMcNoise,
     X0Scaling,
     scaling_by_name,
+    scaling_from_config,
 )
 from vidiff.diffusion.schedules import (
     BETA_SCHEDULES,
@@ -58,6 +62,7 @@ from vidiff.diffusion.schedules import (
     initial_noise_scale,
     karras_sigmas,
     linear_betas,
+    make_betas,
     scaled_linear_betas,
     sigma_from_alpha_bar,
 )
@@ -99,19 +104,24 @@ __all__ = [
     "denoising_loss",
     "edm_add_noise",
     "expand_sigma",
+    "frame_scales",
     "initial_noise_scale",
     "karras_sigmas",
     "linear_betas",
     "linear_frame_scales",
+    "make_betas",
     "per_frame",
     "sample_ddim",
     "sample_dpmpp_2m",
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sampler_by_name",
     "scaled_linear_betas",
     "scaling_by_name",
+    "scaling_from_config",
     "sigma_from_alpha_bar",
     "to_d",
     "triangle_frame_scales",
+    "weighting_by_name",
 ]

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vidiff.diffusion.schedules import ddpm_q_sample
-from vidiff.utils import append_dims
+from vidiff.diffusion.schedules import ddpm_q_sample, edm_add_noise
+from vidiff.utils import build_named
 
 # --------------------------------------------------------------------------------------------------
 # Noise-level samplers p(σ): __call__(n, generator=None, device=None) -> (n,)
@@ -120,6 +120,14 @@ WEIGHTINGS: dict[str, type] = {
     "eps": EpsWeighting,
 }
 
+
+def weighting_by_name(name: str, sigma_data: float = 1.0) -> Callable[[Tensor], Tensor]:
+    """The weighting ``WEIGHTINGS[name]``; ``sigma_data`` goes to those that have one (EDM).
+
+    An unknown name is a ``ValueError`` listing the valid ones."""
+    return build_named(WEIGHTINGS, name, "loss weighting", sigma_data=sigma_data)
+
+
 # --------------------------------------------------------------------------------------------------
 # Losses
 
@@ -138,23 +146,25 @@ def denoising_loss(denoiser: Callable[[Tensor, Tensor, Any], Tensor], x0: Tensor
     """
     sigma = sigma_sampler(x0.shape[0], generator=generator, device=x0.device).to(x0.dtype)
     n = _randn_like(x0, generator) if noise is None else noise
-    x_noisy = x0 + append_dims(sigma, x0.ndim) * n  # EDM eq. 2: x_σ = x₀ + σ n
+    x_noisy = edm_add_noise(x0, sigma, n)  # EDM eq. 2: x_σ = x₀ + σ n
     D_x = denoiser(x_noisy, sigma, cond)
     return weighting(sigma) * (D_x - x0).square().flatten(1).mean(1)  # EDM eq. 8
 
 
 def ddpm_eps_loss(eps_model: Callable[[Tensor, Tensor, Any], Tensor], x0: Tensor, cond: Any,
                   alphas_cumprod: Tensor, *, generator: torch.Generator | None = None,
-                  noise: Tensor | None = None) -> Tensor:
+                  noise: Tensor | None = None, timesteps: Tensor | None = None) -> Tensor:
     """Per-sample ``mean((ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t))²)``, t ~ U{0..T−1} (Ho et al. 2020, Alg. 1).
 
     Returns ``(B,)``.
 
-    ``eps_model(x_t, t, cond)`` receives ``t`` as a float tensor in x₀'s dtype. Draw order: t, then ε.
+    ``eps_model(x_t, t, cond)`` receives ``t`` as a float tensor in x₀'s dtype. Draw order: t, then ε;
+    ``timesteps`` (integer ``(B,)``) and ``noise``, when given, are used instead of drawing them.
     """
     T = alphas_cumprod.shape[0]
     device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, T, (x0.shape[0],), generator=generator, device=device).to(x0.device)
+    t = (torch.randint(0, T, (x0.shape[0],), generator=generator, device=device) if timesteps is None
+         else timesteps.long()).to(x0.device)
     eps = _randn_like(x0, generator) if noise is None else noise
     x_t = ddpm_q_sample(x0, t, eps, alphas_cumprod=alphas_cumprod)  # DDPM eq. 4
     return (eps - eps_model(x_t, t.to(x0.dtype), cond)).square().flatten(1).mean(1)
