@@ -18,7 +18,8 @@ EXIT_USAGE = 2
 def _error(message: str) -> int:
     # Reported here rather than raised as CLIError: under ``python -m vidiff.cli.main`` the module runs as
     # ``__main__`` and would not catch ``vidiff.cli.main.CLIError``.
-    print(f"vidiff train: error: {message}", file=sys.stderr)
+    one_line = " ".join(message.splitlines())
+    print(f"vidiff train: error: {one_line}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -73,18 +74,22 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _error(str(e))
 
+    from vidiff.training.checkpoint import CheckpointCorruptError
     from vidiff.training.loop import export_checkpoint, train
 
+    # bad values found before any training (a file as output_dir, a missing data folder, a stage matching
+    # nothing, an unreadable checkpoint; vidiff.io's CheckpointError is a ValueError)
+    user_errors = (ValueError, FileNotFoundError, CheckpointCorruptError)
     if export is not None:
         try:
             model_dir = export_checkpoint(config, None if export == "latest" else export)
-        except (ValueError, FileNotFoundError, RuntimeError) as e:  # CheckpointCorruptError is a RuntimeError
+        except user_errors as e:
             return _error(str(e))
         print(json.dumps({"model_dir": str(model_dir)}), file=sys.stdout)
         return 0
     try:
         result = train(config, resume=resume)
-    except (ValueError, FileNotFoundError) as e:  # bad values found while building (CheckpointError too)
+    except user_errors as e:
         return _error(str(e))
     summary = {"output_dir": str(result.output_dir), "step": result.step,
                "final_loss": result.losses[-1] if result.losses else None,

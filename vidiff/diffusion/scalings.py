@@ -11,12 +11,14 @@ done by the caller with :func:`vidiff.utils.append_dims`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
-from vidiff.utils import append_dims
+from vidiff.diffusion.schedules import DiscreteSchedule, edm_add_noise
+from vidiff.utils import append_dims, build_named
 
 
 class Coefficients(NamedTuple):
@@ -29,7 +31,13 @@ class Coefficients(NamedTuple):
 
 
 class Scaling:
-    """Base class: subclasses implement :meth:`__call__`; :meth:`target` follows from it (EDM eq. 8)."""
+    """Base class: subclasses implement :meth:`__call__`; :meth:`target` follows from it (EDM eq. 8).
+
+    ``prediction_type`` names what the network outputs in diffusers' scheduler vocabulary (``epsilon``,
+    ``v_prediction``, ``sample``; ``edm`` for EDM's own F), written next to vidiff's scaling name on export.
+    """
+
+    prediction_type: ClassVar[str]
 
     def __call__(self, sigma: Tensor) -> Coefficients:
         raise NotImplementedError
@@ -37,12 +45,14 @@ class Scaling:
     def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
         """Ideal network output at ``x = x₀ + σ·n``: ``F = (x₀ − c_skip·x)/c_out`` (EDM eq. 8)."""
         c_skip, c_out, _, _ = self(sigma)
-        x = x0 + append_dims(sigma, x0.ndim) * noise
+        x = edm_add_noise(x0, sigma, noise)
         return (x0 - append_dims(c_skip, x0.ndim) * x) / append_dims(c_out, x0.ndim)
 
 
 class EDMScaling(Scaling):
     """EDM preconditioning (Karras et al. 2022, Table 1): unit-variance input and target for σ_data data."""
+
+    prediction_type = "edm"
 
     def __init__(self, sigma_data: float = 0.5) -> None:
         self.sigma_data = float(sigma_data)
@@ -67,6 +77,8 @@ class EpsScaling(Scaling):
     1/√(σ²+1) = √ᾱ`` maps the VE state back to the VP state ``x_t`` the network was trained on.
     """
 
+    prediction_type = "epsilon"
+
     def __call__(self, sigma: Tensor) -> Coefficients:
         c_skip = torch.ones_like(sigma)
         c_out = -sigma
@@ -84,8 +96,8 @@ class EpsScaling(Scaling):
 class DiscreteEpsScaling(EpsScaling):
     """:class:`EpsScaling` whose ``c_noise`` is the (continuous) DDPM timestep ``t(σ)`` of ``schedule``."""
 
-    def __init__(self, schedule: object) -> None:
-        self.schedule = schedule  # a vidiff.diffusion.schedules.DiscreteSchedule
+    def __init__(self, schedule: DiscreteSchedule) -> None:
+        self.schedule = schedule
 
     def __call__(self, sigma: Tensor) -> Coefficients:
         c_skip, c_out, c_in, _ = super().__call__(sigma)
@@ -100,6 +112,8 @@ class VScaling(Scaling):
 
     ``c_skip = 1/(σ²+1)``, ``c_out = −σ/√(σ²+1)``, ``c_in = 1/√(σ²+1)``, ``c_noise = σ``.
     """
+
+    prediction_type = "v_prediction"
 
     def __call__(self, sigma: Tensor) -> Coefficients:
         c_skip = 1.0 / (sigma**2 + 1.0)
@@ -135,6 +149,8 @@ class X0Scaling(Scaling):
     carry every noise dimension to its output to remove it; here noise it cannot represent is dropped.
     """
 
+    prediction_type = "sample"
+
     def __init__(self, sigma_data: float = 1.0) -> None:
         self.sigma_data = float(sigma_data)
 
@@ -152,23 +168,30 @@ class X0Scaling(Scaling):
         return f"X0Scaling(sigma_data={self.sigma_data})"
 
 
-def c_noise_to_sigma_edm(c_noise: Tensor) -> Tensor:
-    """Inverse of EDM's ``c_noise = ¼ ln σ`` (handy when a network's timestep must be read back as σ)."""
-    return torch.exp(4.0 * c_noise)
-
-
 SCALINGS: dict[str, type[Scaling]] = {
     "edm": EDMScaling,
     "eps": EpsScaling,
     "v": VScaling,
     "v_edm": VScalingEDMcNoise,
     "x0": X0Scaling,
+    "discrete_eps": DiscreteEpsScaling,  # DDPM training (Ho et al. 2020, Alg. 1): ε on integer timesteps
 }
 
 
-def scaling_by_name(name: str, sigma_data: float = 1.0) -> Scaling:
-    """The scaling ``SCALINGS[name]``; ``sigma_data`` goes to those that have one (EDM, x₀)."""
-    if name not in SCALINGS:
-        raise ValueError(f"unknown scaling {name!r}; known: {sorted(SCALINGS)}")
-    cls = SCALINGS[name]
-    return cls(sigma_data) if cls in (EDMScaling, X0Scaling) else cls()
+def scaling_by_name(name: str, sigma_data: float = 1.0, schedule: DiscreteSchedule | None = None) -> Scaling:
+    """The scaling ``SCALINGS[name]``; ``sigma_data`` goes to those that have one (EDM, x₀), ``schedule`` (the
+    DDPM schedule trained on) to the discrete-time one.
+
+    An unknown name is a ``ValueError`` listing the valid ones."""
+    if isinstance(name, str) and SCALINGS.get(name) is DiscreteEpsScaling and schedule is None:
+        raise ValueError(f"scaling {name!r} needs the DDPM schedule the model was trained with")
+    return build_named(SCALINGS, name, "scaling", sigma_data=sigma_data, schedule=schedule)
+
+
+def scaling_from_config(config: Mapping[str, Any]) -> Scaling:
+    """The scaling a model's scheduler config records: vidiff's ``scaling`` / ``sigma_data`` keys; a
+    discrete-time one reads its β schedule from diffusers' keys (:meth:`DiscreteSchedule.from_config`)."""
+    name = config["scaling"]
+    discrete = isinstance(name, str) and SCALINGS.get(name) is DiscreteEpsScaling
+    return scaling_by_name(name, float(config.get("sigma_data", 1.0)),
+                           schedule=DiscreteSchedule.from_config(config) if discrete else None)

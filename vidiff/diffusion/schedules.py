@@ -11,13 +11,15 @@ Samplers and denoisers work in the VE form; discrete models are reached through 
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from vidiff.utils import append_dims
+from vidiff.utils import append_dims, build_named
 
 # --------------------------------------------------------------------------------------------------
 # Continuous schedules
@@ -86,6 +88,38 @@ BETA_SCHEDULES: dict[str, Callable[..., Tensor]] = {
     "scaled_linear": scaled_linear_betas,
     "cosine": cosine_betas,
 }
+# diffusers' ``beta_schedule`` names where they differ from vidiff's
+DIFFUSERS_BETA_NAMES: dict[str, str] = {"cosine": "squaredcos_cap_v2"}
+
+
+def _beta_name(name: str) -> str:
+    """vidiff's name of a β schedule given by either vocabulary (``squaredcos_cap_v2`` -> ``cosine``)."""
+    return {v: k for k, v in DIFFUSERS_BETA_NAMES.items()}.get(name, name)
+
+
+def make_betas(name: str, T: int = 1000, beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
+    """β_t of the schedule ``name`` (:data:`BETA_SCHEDULES`, or its diffusers name) over ``T`` steps, float64.
+
+    ``beta_start`` / ``beta_end`` None keep the schedule's own end points (``linear``: 1e-4 → 0.02, Ho et al.
+    2020; ``scaled_linear``: 0.00085 → 0.012, SD); the cosine schedule has none.
+    """
+    ends = {k: v for k, v in (("beta_start", beta_start), ("beta_end", beta_end)) if v is not None}
+    return build_named(BETA_SCHEDULES, _beta_name(name), "beta schedule", T=T, **ends)
+
+
+def beta_schedule_config(name: str, T: int = 1000, beta_start: float | None = None,
+                         beta_end: float | None = None) -> dict[str, Any]:
+    """diffusers' scheduler keys for a β schedule (``beta_schedule`` in diffusers' vocabulary,
+    ``num_train_timesteps``, and the end points, resolved to the schedule's own when None)."""
+    name = _beta_name(name)
+    if name not in BETA_SCHEDULES:
+        raise ValueError(f"unknown beta schedule {name!r}; valid: {', '.join(sorted(BETA_SCHEDULES))}")
+    params = inspect.signature(BETA_SCHEDULES[name]).parameters
+    config: dict[str, Any] = {"beta_schedule": DIFFUSERS_BETA_NAMES.get(name, name), "num_train_timesteps": int(T)}
+    for key, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if key in params:
+            config[key] = float(params[key].default if value is None else value)
+    return config
 
 
 def alphas_cumprod(betas: Tensor) -> Tensor:
@@ -119,6 +153,14 @@ class DiscreteSchedule:
     @classmethod
     def from_betas(cls, betas: Tensor) -> DiscreteSchedule:
         return cls(alphas_cumprod(betas))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DiscreteSchedule:
+        """The schedule a diffusers scheduler config names (``beta_schedule``, ``num_train_timesteps``,
+        ``beta_start``, ``beta_end``; diffusers' defaults where absent)."""
+        return cls.from_betas(make_betas(str(config.get("beta_schedule", "linear")),
+                                         int(config.get("num_train_timesteps", 1000)),
+                                         config.get("beta_start"), config.get("beta_end")))
 
     @property
     def num_timesteps(self) -> int:

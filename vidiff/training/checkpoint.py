@@ -29,7 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from vidiff.io.atomic import atomic_dir, fsync_path, write_text_atomic
 
 LATEST = "latest"
 _PREFIX = "step-"
@@ -121,24 +124,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         save_file(prepared, str(path))
     except RuntimeError:  # tensors sharing memory: store independent copies
         save_file({k: v.clone() for k, v in prepared.items()}, str(path))
-    _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fsync_path(path)
 
 
 def checkpoint_name(step: int) -> str:
@@ -164,34 +150,28 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f"{_TMP_PREFIX}{final.name}.{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _save_tensors(model, tmp / "model.safetensors")
-    if ema is not None:
-        _save_tensors(ema, tmp / "ema.safetensors")
-    opt_tensors, opt_meta = split_optimizer_state(optimizer)
-    _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-    rng_tensors = {f"rank{r}.{k}": v for r, snap in enumerate(rng) for k, v in snap["tensors"].items()}
-    _save_tensors(rng_tensors, tmp / "rng.safetensors")
-    meta = {
-        "format": "vidiff-train-checkpoint",
-        "version": 1,
-        "step": step,
-        "state": state,
-        "optimizer": opt_meta,
-        "rng": [{"python": s["python"], "numpy": s["numpy"]} for s in rng],
-        "has_ema": ema is not None,
-    }
-    with open(tmp / "state.json", "w") as f:
-        json.dump(meta, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_text_atomic(root / LATEST, final.name + "\n")
+    with atomic_dir(final) as tmp:  # re-saving the same step (the final save after a periodic one) replaces it
+        _save_tensors(model, tmp / "model.safetensors")
+        if ema is not None:
+            _save_tensors(ema, tmp / "ema.safetensors")
+        opt_tensors, opt_meta = split_optimizer_state(optimizer)
+        _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+        rng_tensors = {f"rank{r}.{k}": v for r, snap in enumerate(rng) for k, v in snap["tensors"].items()}
+        _save_tensors(rng_tensors, tmp / "rng.safetensors")
+        meta = {
+            "format": "vidiff-train-checkpoint",
+            "version": 1,
+            "step": step,
+            "state": state,
+            "optimizer": opt_meta,
+            "rng": [{"python": s["python"], "numpy": s["numpy"]} for s in rng],
+            "has_ema": ema is not None,
+        }
+        with open(tmp / "state.json", "w") as f:
+            json.dump(meta, f)
+            f.flush()
+            os.fsync(f.fileno())
+    write_text_atomic(final.name + "\n", root / LATEST)
     prune_checkpoints(root, keep_last)
     return final
 
@@ -260,13 +240,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         opt_tensors = load_file(str(path / "optimizer.safetensors"))
         rng_tensors = load_file(str(path / "rng.safetensors"))
         ema = load_file(str(path / "ema.safetensors")) if meta.get("has_ema") else None
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointCorruptError(f"cannot read checkpoint {path}: {e}") from e
-    rng = []
-    for r, snap in enumerate(meta["rng"]):
-        prefix = f"rank{r}."
-        tensors = {k[len(prefix):]: v for k, v in rng_tensors.items() if k.startswith(prefix)}
-        rng.append({"tensors": tensors, "python": snap["python"], "numpy": snap["numpy"]})
-    return Checkpoint(path=path, step=int(meta["step"]), model=model,
-                      optimizer=join_optimizer_state(opt_tensors, meta["optimizer"]),
-                      state=meta["state"], rng=rng, ema=ema)
+        rng = []
+        for r, snap in enumerate(meta["rng"]):
+            prefix = f"rank{r}."
+            tensors = {k[len(prefix):]: v for k, v in rng_tensors.items() if k.startswith(prefix)}
+            rng.append({"tensors": tensors, "python": snap["python"], "numpy": snap["numpy"]})
+        return Checkpoint(path=path, step=int(meta["step"]), model=model,
+                          optimizer=join_optimizer_state(opt_tensors, meta["optimizer"]),
+                          state=dict(meta["state"]), rng=rng, ema=ema)
+    # a truncated or foreign file, JSON of another shape: the checkpoint, named, not a traceback
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as e:
+        raise CheckpointCorruptError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e

@@ -17,6 +17,11 @@ from typing import Any
 
 import yaml
 
+from vidiff.diffusion.losses import WEIGHTINGS
+from vidiff.diffusion.scalings import SCALINGS, DiscreteEpsScaling
+from vidiff.diffusion.schedules import BETA_SCHEDULES, beta_schedule_config
+from vidiff.io.atomic import write_text_atomic
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the offending field."""
@@ -230,7 +235,11 @@ class LossConfig:
     ``edm``: denoising score matching as SVD trains (Karras et al. 2022 eq. 2/8; Blattmann et al. 2023):
     ``scaling`` (``v_edm`` = v-prediction with c_noise = ¼ ln σ; ``x0`` = x₀-prediction, for networks
     narrower than their input), ``weighting``, log-normal sigmas
-    ``ln σ ~ N(p_mean, p_std²)``. ``ddpm``: ε-MSE (Ho et al. 2020 Alg. 1). ``ucg_rate``: per-sample
+    ``ln σ ~ N(p_mean, p_std²)``. ``ddpm``: ε-MSE on integer timesteps (Ho et al. 2020 Alg. 1; ``scaling``
+    and ``weighting`` do not apply: the model is exported as ``discrete_eps`` with its β schedule) over the
+    β schedule ``ddpm_beta_schedule`` (``vidiff.diffusion.BETA_SCHEDULES``: ``linear`` 1e-4 → 0.02 as the
+    DDPM paper, ``scaled_linear`` 0.00085 → 0.012 as SD/SVD, ``cosine``) of ``ddpm_timesteps`` steps;
+    ``ddpm_beta_start`` / ``ddpm_beta_end`` None keep the schedule's own end points. ``ucg_rate``: per-sample
     probability of zeroing the CLIP token and concat latent (CFG dropout, Ho & Salimans 2022).
     ``noise_aug``: ``fixed`` (``noise_aug_strength``) or ``lognormal`` (``ln s ~ N(aug_p_mean, aug_p_std²)``).
     ``flow_weight`` > 0 adds the motion-consistency term (see ``objectives.flow_consistency_loss``).
@@ -244,8 +253,9 @@ class LossConfig:
     p_mean: float = -1.2
     p_std: float = 1.2
     ddpm_timesteps: int = 1000
-    ddpm_beta_start: float = 0.00085
-    ddpm_beta_end: float = 0.012
+    ddpm_beta_schedule: str = "linear"
+    ddpm_beta_start: float | None = None
+    ddpm_beta_end: float | None = None
     ucg_rate: float = 0.1
     noise_aug: str = "fixed"
     noise_aug_strength: float = 0.02
@@ -256,15 +266,25 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.objective, "loss.objective", ("edm", "ddpm"))
-        _one_of(self.scaling, "loss.scaling", ("v_edm", "v", "edm", "eps", "x0"))
-        _one_of(self.weighting, "loss.weighting", ("v", "edm", "eps", "unit"))
+        _one_of(self.scaling, "loss.scaling", tuple(SCALINGS))
+        _one_of(self.weighting, "loss.weighting", tuple(WEIGHTINGS))
         _one_of(self.noise_aug, "loss.noise_aug", ("fixed", "lognormal"))
         _check(self.sigma_data > 0, "loss.sigma_data", "must be > 0")
         _check(self.p_std > 0, "loss.p_std", "must be > 0")
         _check(self.aug_p_std > 0, "loss.aug_p_std", "must be > 0")
         _check(self.ddpm_timesteps >= 2, "loss.ddpm_timesteps", "must be >= 2")
-        _check(0 < self.ddpm_beta_start < self.ddpm_beta_end < 1, "loss.ddpm_beta_start",
-               "and loss.ddpm_beta_end must satisfy 0 < start < end < 1")
+        _one_of(self.ddpm_beta_schedule, "loss.ddpm_beta_schedule", tuple(BETA_SCHEDULES))
+        _check(self.objective == "ddpm" or SCALINGS[self.scaling] is not DiscreteEpsScaling, "loss.scaling",
+               f"{self.scaling!r} is the parametrisation of loss.objective=ddpm, not of {self.objective!r}")
+        ends = (self.ddpm_beta_start, self.ddpm_beta_end)
+        resolved = beta_schedule_config(self.ddpm_beta_schedule, self.ddpm_timesteps, *ends)
+        if "beta_start" not in resolved:  # cosine: no end points
+            _check(ends == (None, None), "loss.ddpm_beta_start",
+                   f"and loss.ddpm_beta_end do not apply to ddpm_beta_schedule={self.ddpm_beta_schedule}")
+        else:
+            start, end = resolved["beta_start"], resolved["beta_end"]
+            _check(0 < start < end < 1, "loss.ddpm_beta_start",
+                   f"and loss.ddpm_beta_end must satisfy 0 < start < end < 1, got {start} and {end}")
         _check(0 <= self.ucg_rate < 1, "loss.ucg_rate", f"must be in [0, 1), got {self.ucg_rate}")
         _check(self.noise_aug_strength >= 0, "loss.noise_aug_strength", "must be >= 0")
         _check(self.flow_weight >= 0, "loss.flow_weight", "must be >= 0")
@@ -367,6 +387,9 @@ class TrainConfig:
         _check(len(set(names)) == len(names), "stages", f"names must be unique, got {names}")
         for s in self.stages[:-1]:
             _check(s.steps is not None, f"stages[{s.name}].steps", "must be set on every stage but the last")
+        _check(self.loss.flow_weight == 0 or not (self.model.residual or self.model.autoencoder == "flow"),
+               "loss.flow_weight", "must be 0 with model.residual=true or model.autoencoder=flow (the "
+               "flow-consistency term warps frames; those latents are not frames)")
 
     # -- (de)serialisation ------------------------------------------------------------------------------
     @classmethod
@@ -381,12 +404,22 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
         """Read ``path`` and apply ``key=value`` overrides (dotted keys, ``--`` prefix allowed)."""
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config {path} is a folder, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path} is not a text (YAML) file") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+        if "\x00" in text:  # binary that happens to decode
+            raise ConfigError(f"config {path} is not a text (YAML) file")
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse {path}: {e}") from e
+            raise ConfigError(f"cannot parse {path}: {' '.join(str(e).split())}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
         return cls.from_dict(apply_overrides(data, overrides))
@@ -394,10 +427,7 @@ class TrainConfig:
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(f"{path}.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_text_atomic(text, path)
         return text
 
     def replace(self, **changes: Any) -> TrainConfig:

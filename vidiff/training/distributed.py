@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,16 +132,8 @@ def shard_positions(*, batch_size: int, grad_accum: int, world_size: int, rank: 
 
 
 # -- collectives --------------------------------------------------------------------------------------
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (identity without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
-    return t
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (identity without a process group)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -162,6 +155,7 @@ def barrier() -> None:
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a process group)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         box = [obj]
         dist.broadcast_object_list(box, src=src)
@@ -170,18 +164,31 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 # -- model wrapping ------------------------------------------------------------------------------------
-def wrap_model(module: nn.Module, env: DistEnv) -> nn.Module:
+def unused_parameters(module: nn.Module, loss: Callable[[], torch.Tensor]) -> list[str]:
+    """Names of the trainable parameters of ``module`` that one backward pass of ``loss()`` gives no
+    gradient (e.g. the q/k projections of one-token cross-attention, which the UNet short-cuts exactly).
+
+    Gradients are cleared before and after: nothing of the probe remains.
+    """
+    module.zero_grad(set_to_none=True)
+    loss().backward()
+    unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    module.zero_grad(set_to_none=True)
+    return unused
+
+
+def wrap_model(module: nn.Module, env: DistEnv, *, find_unused: bool = False) -> nn.Module:
     """DDP (Li et al. 2020) or FSDP2 (``fully_shard``, Zhao et al. 2023) around ``module``, else identity.
 
-    Call again after a stage change (``requires_grad`` changed): DDP registers gradient hooks for the
-    parameters that require grad when it is built.
+    ``find_unused``: DDP's ``find_unused_parameters`` (an extra graph traversal every step), needed only when
+    some trainable parameter gets no gradient (:func:`unused_parameters`). Call again after a stage change
+    (``requires_grad`` changed): DDP registers gradient hooks for the parameters that require grad when it
+    is built.
     """
     if env.strategy == "ddp" and env.world_size > 1:
         ids = [env.device.index] if env.device.type == "cuda" else None
-        # find_unused_parameters: some weights legitimately get no gradient (the q/k projections of
-        # single-token cross-attention, which the UNet short-cuts exactly; a head not in the loss).
         return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
-                                                   find_unused_parameters=True)
+                                                   find_unused_parameters=find_unused)
     if env.strategy == "fsdp":
         from torch.distributed.fsdp import FSDPModule, fully_shard
 

@@ -32,10 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidiff.conditioning import Cond, embed_scalars
+from vidiff.conditioning import Cond, drop_conditions, embed_scalars, noise_augment
+from vidiff.diffusion.scalings import SCALINGS
+from vidiff.diffusion.schedules import DiscreteSchedule, beta_schedule_config
 from vidiff.networks.motion import MotionPredictor, MotionPredictorConfig
 from vidiff.networks.unet_st import UNET_PRESETS, UNetSpatioTemporal
-from vidiff.training.config import DataConfig, ModelConfig
+from vidiff.training.config import DataConfig, LossConfig, ModelConfig
 
 PIXEL_CHANNELS = 3
 
@@ -248,14 +250,12 @@ def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torc
 
     def make_cond(draws: Any) -> Cond:
         aug = draws.aug_strength.to(device)
-        noisy = image + aug.view(-1, 1, 1, 1) * draws.aug_noise.to(device)  # SVD conditioning noise aug
+        noisy = noise_augment(image, aug, noise=draws.aug_noise)  # SVD conditioning noise augmentation
         concat = _encode_mode(bundle.vae, noisy) if bundle.vae is not None else noisy
         concat = concat[:, None].expand(-1, t, -1, -1, -1)  # the same for every frame
         ids = torch.stack([batch["fps"] - 1, batch["motion_bucket_id"], aug], dim=1)  # (B, 3)
         vector = embed_scalars(ids, ucfg.addition_time_embed_dim)  # (B, 3·dim) sinusoids
-        keep = draws.keep.to(device)
-        return Cond(crossattn=crossattn * keep.view(-1, 1, 1), vector=vector,
-                    concat=concat * keep.view(-1, 1, 1, 1, 1))
+        return drop_conditions(Cond(crossattn=crossattn, vector=vector, concat=concat), draws.keep)
 
     return x0, make_cond, tuple(image.shape[1:])
 
@@ -273,8 +273,8 @@ def patch_checkpoint(bundle: ModelBundle, unet_sd: dict[str, torch.Tensor]) -> A
         "unet": Component({"_class_name": "UNetSpatioTemporalConditionModel",
                            **bundle.unet_config.to_diffusers()}, unet_sd),
         "vae": Component(bundle.vae.config.to_diffusers(), None),
-        "scheduler": Component({**default_scheduler_config(), "sigma_max": float(extra["sigma_max"]),
-                                "sigma_min": float(extra["sigma_min"]), **_prediction(extra)}),
+        "scheduler": Component({**default_scheduler_config(),
+                                **scheduler_keys(extra, float(extra["sigma_min"]), float(extra["sigma_max"]))}),
     }, extra={"residual": bool(extra.get("residual")), "generation_defaults": _generation_defaults(extra)})
 
 
@@ -287,12 +287,32 @@ def _generation_defaults(extra: dict[str, Any]) -> dict[str, Any]:
     return defaults
 
 
-def _prediction(extra: dict[str, Any]) -> dict[str, Any]:
-    """Scheduler keys naming the trained parametrisation: diffusers' ``prediction_type`` plus vidiff's
-    ``scaling`` / ``sigma_data`` (``vidiff.diffusion.scaling_by_name``), which the pipeline samples with."""
+def trained_parametrisation(loss: LossConfig) -> dict[str, Any]:
+    """The parametrisation ``loss`` trains, as the exported model must record it: ``scaling`` / ``sigma_data``
+    (edm), or for ddpm the discrete-time ε scaling (``discrete_eps``: ε output, ``c_noise`` = the integer
+    timestep) with its β schedule in diffusers' scheduler keys (``betas``)."""
+    if loss.objective == "ddpm":
+        return {"scaling": "discrete_eps", "sigma_data": 1.0,
+                "betas": beta_schedule_config(loss.ddpm_beta_schedule, loss.ddpm_timesteps, loss.ddpm_beta_start,
+                                              loss.ddpm_beta_end)}
+    return {"scaling": loss.scaling, "sigma_data": loss.sigma_data}
+
+
+def scheduler_keys(extra: dict[str, Any], sigma_min: float, sigma_max: float) -> dict[str, Any]:
+    """Scheduler keys naming the trained parametrisation (:func:`trained_parametrisation`), which the
+    pipeline samples with (``vidiff.diffusion.scaling_from_config``): diffusers' ``prediction_type``, vidiff's
+    ``scaling`` / ``sigma_data``, and the σ range ``[sigma_min, sigma_max]`` — for a discrete-time model
+    narrowed to the σ of its T steps (it never saw others), with its β schedule and discrete timesteps."""
     name = extra.get("scaling", "v_edm")
-    kind = {"v_edm": "v_prediction", "v": "v_prediction", "x0": "sample", "eps": "epsilon"}.get(name, name)
-    return {"prediction_type": kind, "scaling": name, "sigma_data": float(extra.get("sigma_data", 1.0))}
+    keys = {"prediction_type": SCALINGS[name].prediction_type, "scaling": name,
+            "sigma_data": float(extra.get("sigma_data", 1.0))}
+    if extra.get("betas") is not None:
+        schedule = DiscreteSchedule.from_config(extra["betas"])
+        sigma_min, sigma_max = max(sigma_min, schedule.sigma_min), min(sigma_max, schedule.sigma_max)
+        if not sigma_min < sigma_max:
+            raise ValueError(f"model.sigma_min / sigma_max leave no σ of the DDPM schedule {schedule} to sample")
+        keys.update(extra["betas"], timestep_type="discrete")
+    return {**keys, "sigma_min": float(sigma_min), "sigma_max": float(sigma_max)}
 
 
 def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir: Path,
@@ -327,6 +347,10 @@ def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir:
         config = dict(ckpt["unet"].config)
         config.update({k: v for k, v in unet_config.items() if k not in config})
         ckpt.components["unet"] = Component(config, unet_sd)
+        sched = dict(ckpt["scheduler"].config)  # the source's σ range and spacing, the trained parametrisation
+        sched.update(scheduler_keys(bundle.extra, float(sched.get("sigma_min", bundle.extra["sigma_min"])),
+                                    float(sched.get("sigma_max", bundle.extra["sigma_max"]))))
+        ckpt.components["scheduler"] = Component(sched, ckpt["scheduler"].state_dict)
         write_checkpoint(ckpt, out_dir, "vidiff", overwrite=True)
     elif getattr(bundle.vae, "config", None) is not None and hasattr(bundle.vae.config, "patch_size"):
         write_checkpoint(patch_checkpoint(bundle, unet_sd), out_dir, "vidiff", overwrite=True)
