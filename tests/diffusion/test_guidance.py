@@ -14,6 +14,7 @@ from vidiff.diffusion import (
     VScalingEDMcNoise,
     cat_conds,
     constant_scales,
+    frame_scales,
     linear_frame_scales,
     per_frame,
     triangle_frame_scales,
@@ -161,3 +162,10 @@ def test_known_values_denoiser_samples_the_conditional_exactly() -> None:
     assert torch.equal(out[:, 0], torch.full_like(out[:, 0], 0.7))
     assert torch.equal(out[:, 1], plain[:, 1]) and 0.8 < out[:, 1].var().item() < 1.1
     assert plain[:, 0].abs().mean() > 1.0  # without it a keeps the noise
+
+
+def test_frame_scales_selects_through_the_registry() -> None:
+    for name, ramp in FRAME_SCALES.items():
+        torch.testing.assert_close(frame_scales(name, 1.0, 2.5, 9), ramp(1.0, 2.5, 9), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown guidance ramp 'cosine'; valid: linear, triangle"):
+        frame_scales("cosine", 1.0, 2.5, 9)

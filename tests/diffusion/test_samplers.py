@@ -17,6 +17,7 @@ from vidiff.diffusion import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+    sampler_by_name,
 )
 
 N_SAMPLES = 20_000
@@ -149,3 +150,55 @@ def test_stochastic_samplers_are_reproducible_with_a_generator(gmm) -> None:
         b = sampler(gmm.denoise, x, sigmas, generator=torch.Generator().manual_seed(5), **opts)
         c = sampler(gmm.denoise, x, sigmas, generator=torch.Generator().manual_seed(6), **opts)
         assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+STOCHASTIC_CASES = [(sample_euler_ancestral, {}), (sample_ddim, {"eta": 1.0}), (sample_heun, {"s_churn": 10.0}),
+                    (sample_euler, {"s_churn": 10.0})]
+
+
+@pytest.mark.parametrize(("sampler", "opts"), STOCHASTIC_CASES,
+                         ids=["euler_ancestral", "ddim_eta1", "heun_churn", "euler_churn"])
+def test_a_generator_per_sample_draws_that_sample_alone(sampler, opts, gmm) -> None:
+    """With a list of generators, row b of the batch depends only on generator b: a sample repeats whatever
+    else is in the batch (diffusers' per-sample generators)."""
+    sigmas = karras_sigmas(6, 0.002, SIGMA_MAX, dtype=torch.float64)
+    x = SIGMA_MAX * torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    batch = sampler(gmm.denoise, x, sigmas, generator=[torch.Generator().manual_seed(s) for s in (7, 8, 9)], **opts)
+    for b, seed in enumerate((7, 8, 9)):
+        alone = sampler(gmm.denoise, x[b:b + 1], sigmas, generator=[torch.Generator().manual_seed(seed)], **opts)
+        torch.testing.assert_close(batch[b:b + 1], alone, rtol=0, atol=1e-12)
+    swapped = sampler(gmm.denoise, x, sigmas, generator=[torch.Generator().manual_seed(s) for s in (9, 8, 7)],
+                      **opts)
+    assert torch.equal(swapped[1], batch[1]) and not torch.equal(swapped[0], batch[0])
+    with pytest.raises(ValueError, match="2 generators given for a batch of 3"):
+        sampler(gmm.denoise, x, sigmas, generator=[torch.Generator()] * 2, **opts)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_callback_can_replace_the_state(name: str, gmm) -> None:
+    """A callback returning ``{"x": y}`` after the last step makes ``y`` the result; after step 0 of an
+    Euler walk, continuing equals a fresh walk from ``y`` over the remaining levels."""
+    sampler = SAMPLERS[name]
+    sigmas = karras_sigmas(4, 0.002, SIGMA_MAX, dtype=torch.float64)
+    x = SIGMA_MAX * torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    target = torch.full_like(x, 0.25)
+    out = sampler(gmm.denoise, x, sigmas, callback=lambda info: {"x": target} if info["i"] == 3 else None,
+                  generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, target)
+    with pytest.raises(ValueError, match="shape"):
+        sampler(gmm.denoise, x, sigmas, callback=lambda info: {"x": target[:1]})
+
+
+def test_replaced_state_is_where_the_walk_continues(gmm) -> None:
+    sigmas = karras_sigmas(5, 0.002, SIGMA_MAX, dtype=torch.float64)
+    x = SIGMA_MAX * torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = x * 0.1
+    replaced = sample_euler(gmm.denoise, x, sigmas, callback=lambda info: {"x": y} if info["i"] == 0 else None)
+    fresh = sample_euler(gmm.denoise, y, sigmas[1:])
+    assert torch.equal(replaced, fresh)
+
+
+def test_sampler_by_name_is_the_registry() -> None:
+    assert all(sampler_by_name(name) is SAMPLERS[name] for name in SAMPLERS)
+    with pytest.raises(ValueError, match="unknown sampler 'euler_a'; valid: ddim, dpmpp_2m, euler"):
+        sampler_by_name("euler_a")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from vidiff import __version__
 from vidiff.cli.main import CLIError
-from vidiff.io.video import VIDEO_FORMATS, video_format_for, write_video
-from vidiff.io.weights import write_json_atomic
+from vidiff.io.atomic import write_json_atomic
+from vidiff.io.video import VIDEO_FORMATS, check_video_output, video_format_for, write_video
 from vidiff.networks.fast import COMPILE_MODES, COMPILE_TARGETS, FastPath
-from vidiff.pipelines.settings import DTYPE_NAMES, GenerationSettings, read_sidecar
+from vidiff.pipelines.settings import DTYPE_NAMES, GenerationSettings, SettingError, settings_from_sidecar
 
 EXAMPLES = """\
 examples:
@@ -50,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         group.add_argument(flag, dest=f.name, type=kind, default=None, help=f.metadata["help"],
                            choices=f.metadata.get("choices"))
     hw = p.add_argument_group("device and memory")
-    hw.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    hw.add_argument("--device", default="auto",
+                    help="auto, cpu, cuda or cuda:N (default auto: cuda when there is a CUDA device, else cpu)")
     hw.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                     help="weights and activations dtype (default float32 on cpu, float16 on cuda)")
     hw.add_argument("--offload", default=None, choices=("none", "model", "sequential"),
@@ -91,7 +92,63 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettings]:
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def resolve_device(name: str) -> str:
+    """``--device`` as the device it stands for (``auto``: cuda when a CUDA device is present, else cpu)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise CLIError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name} asked for, but this machine has no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CLIError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {name} asked for, but this machine has no MPS device")
+    return str(device)
+
+
+def _flag(name: str) -> str:
+    f = next(f for f in fields(GenerationSettings) if f.name == name)
+    return f.metadata.get("flag", "--" + name.replace("_", "-"))
+
+
+def _settings(args: argparse.Namespace) -> GenerationSettings:
+    """The options given, over the ``--settings`` file's; errors name the option or the file's field."""
+    try:
+        settings = GenerationSettings(**{f.name: getattr(args, f.name) for f in fields(GenerationSettings)})
+    except SettingError as e:
+        raise CLIError(f"{_flag(e.field)}: {e}") from None
+    if not args.settings:
+        return settings
+    try:
+        return settings_from_sidecar(args.settings).merged(settings)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _check_output(output: Path, image: Path) -> None:
+    """The output can be written and replaces nothing but an earlier output (never the input image)."""
+    out, img = output.resolve(), image.resolve()
+    if out == img or (output.exists() and output.is_dir() and img.is_relative_to(out)):
+        raise CLIError(f"--output {output} would overwrite the input image {image}: write the video elsewhere")
+    try:
+        check_video_output(output)
+    except ValueError as e:
+        raise CLIError(f"--output: {e}") from None
+    if sidecar_path(output).is_dir():
+        raise CLIError(f"--output: the settings file of {output}, {sidecar_path(output)}, would replace a folder")
+
+
+def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettings, str]:
     """Everything that can be checked before loading a model, so bad input fails fast."""
     from vidiff.io.video import ImageError, read_image
 
@@ -99,32 +156,22 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
     try:
         read_image(image)
     except ImageError as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(f"--image {e}") from None
     output = Path(args.output)
     try:
         video_format_for(output)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    given = {f.name: getattr(args, f.name) for f in fields(GenerationSettings)}
-    try:
-        settings = GenerationSettings(**given)
-        if args.settings:
-            earlier = GenerationSettings.from_dict(read_sidecar(args.settings)["settings"])
-            settings = earlier.merged(settings)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    settings = _settings(args)
     if args.attention_chunk is not None and args.attention_chunk < 1:
         raise CLIError(f"--attention-chunk must be >= 1, got {args.attention_chunk}")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError(f"--device {args.device} asked for, but this machine has no CUDA device")
-    return image, output, settings
+    device = resolve_device(args.device)
+    _check_output(output, image)
+    return image, output, settings, device
 
 
 def run(args: argparse.Namespace) -> int:
-    image_path, output, settings = _check_cheap(args)
+    image_path, output, settings, device = _check_cheap(args)
 
     import torch
 
@@ -134,12 +181,12 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or bundled_model_path()
     if model is None:
         raise CLIError("no --model given and no bundled model is installed")
-    dtype_name = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     fast = fast_path_from_args(args)
     try:
-        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=args.device,
-                                                    fast_path=fast)
-    except (ValueError, FileNotFoundError) as e:
+        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=device,
+                                                    fast_path=fast, vae_dtype=torch.float32)
+    except (ValueError, OSError) as e:
         raise CLIError(str(e)) from None
     image = read_image(image_path)
     start = time.perf_counter()
@@ -157,20 +204,22 @@ def run(args: argparse.Namespace) -> int:
         write_video(frames, output, fps=resolved.fps)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    except OSError as e:  # a disk that filled up during the run: nothing half-written is left
+        raise CLIError(f"cannot write {output}: {e.strerror or e}") from None
     sidecar = {
         "vidiff_version": __version__,
         "model": str(model),
         "image": str(image_path),
         "image_sha256": _sha256(image_path),
         "output": str(output),
-        "device": args.device,
-        "dtype": dtype_name,
-        "memory_plan": result.memory_plan.describe(),
-        "fast_path": fast.describe(),
+        **result.run,  # device, dtypes, memory plan, tiling, attention chunk, fast path, torch version
         "generation_seconds": round(seconds, 3),
         "settings": resolved.to_dict(),
     }
-    write_json_atomic(sidecar, sidecar_path(output))
+    try:
+        write_json_atomic(sidecar, sidecar_path(output))
+    except OSError as e:
+        raise CLIError(f"wrote {output}, but not its settings file {sidecar_path(output)}: {e.strerror or e}") from None
     if not args.quiet:
         print(f"wrote {output} ({frames.shape[0]} frames, {frames.shape[-1]}x{frames.shape[-2]}, "
               f"{resolved.fps} fps) in {seconds:.1f} s; settings in {sidecar_path(output)}")

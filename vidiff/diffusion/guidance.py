@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from vidiff.diffusion.denoiser import expand_sigma
-from vidiff.utils import append_dims
+from vidiff.utils import append_dims, build_named
 
 
 def cat_conds(a: Any, b: Any) -> Any:
@@ -90,6 +90,14 @@ FRAME_SCALES: dict[str, Callable[..., Tensor]] = {
     "linear": linear_frame_scales,
     "triangle": triangle_frame_scales,
 }
+
+
+def frame_scales(ramp: str, min_scale: float, max_scale: float, num_frames: int, *,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """Per-frame guidance scales ``(T,)`` from the ramp registered as ``ramp`` in :data:`FRAME_SCALES`
+    (an unknown name is a ValueError listing the valid ones)."""
+    return build_named(FRAME_SCALES, ramp, "guidance ramp", min_scale=min_scale, max_scale=max_scale,
+                       num_frames=num_frames, dtype=dtype)
 
 
 def per_frame(scales: Tensor, ndim: int = 5) -> Tensor:

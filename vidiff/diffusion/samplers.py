@@ -4,10 +4,18 @@ Every sampler has the signature ``(denoiser, x, sigmas, *, cond=None, callback=N
 **options) -> x`` and walks ``sigmas[0] > sigmas[1] > … ≥ sigmas[-1]`` (usually ending in 0). ``x`` is the
 initial noise already scaled (``σ₀``, or ``√(1+σ₀²)`` as SVD's references do). The denoiser is called as
 ``denoiser(x, sigma_vec, cond)`` with ``sigma_vec (B,)`` in the state dtype. The state stays float32 or
-float64 (lower-precision inputs are upcast to float32, and float32 is returned). ``callback`` receives
-``{"i", "x", "sigma", "sigma_next", "denoised"}`` after each step: ``x`` is the new state (at
-``sigma_next``) and ``sigma`` the level at which ``denoised`` was evaluated. Random draws use
-``torch.randn(x.shape, generator=generator)`` on x's device and dtype, at most one per step.
+float64 (lower-precision inputs are upcast to float32, and float32 is returned).
+
+``callback`` receives ``{"i", "x", "sigma", "sigma_next", "denoised"}`` after each step: ``x`` is the new
+state (at ``sigma_next``) and ``sigma`` the level at which ``denoised`` was evaluated. If it returns a
+mapping with an ``"x"`` entry, sampling continues from that state (diffusers' ``callback_on_step_end``
+replacing ``latents``).
+
+Random draws (the only randomness; a sampler given the same generator state repeats bit for bit): at most
+one per step, ``vidiff.utils.randn(x.shape, generator)`` in the state dtype (one generator: drawn whole
+on its device; a list: row ``b`` of the batch from ``generator[b]``). Churn noise (euler, heun with
+``s_churn`` > 0) is drawn at the start of a step, before the denoiser; ancestral noise (euler_ancestral,
+ddim with η > 0) after it. euler, heun without churn, dpmpp_2m and ddim with η = 0 draw nothing.
 
 The ODE is ``dx/dσ = (x − D(x, σ))/σ`` (EDM eq. 3 with s = 1, σ(t) = t).
 """
@@ -15,13 +23,13 @@ The ODE is ``dx/dσ = (x − D(x, σ))/σ`` (EDM eq. 3 with s = 1, σ(t) = t).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vidiff.utils import append_dims
+from vidiff.utils import Generators, append_dims, randn
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -40,8 +48,8 @@ def _denoise(denoiser: Callable[..., Tensor], x: Tensor, sigma: float, cond: Any
     return denoiser(x, sigma_vec, cond).to(x.dtype)
 
 
-def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _randn(x: Tensor, generator: Generators) -> Tensor:
+    return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 def to_d(x: Tensor, sigma: float | Tensor, denoised: Tensor) -> Tensor:
@@ -51,12 +59,21 @@ def to_d(x: Tensor, sigma: float | Tensor, denoised: Tensor) -> Tensor:
     return (x - denoised) / sigma
 
 
-def _report(callback: Callback | None, i: int, x: Tensor, sigma: float, sigma_next: float, denoised: Tensor):
-    if callback is not None:
-        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
+def _report(callback: Callback | None, i: int, x: Tensor, sigma: float, sigma_next: float,
+            denoised: Tensor) -> Tensor:
+    """Call ``callback`` after step ``i``; the state to continue from (the callback's ``"x"`` if it gave one)."""
+    if callback is None:
+        return x
+    out = callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
+    if isinstance(out, Mapping) and out.get("x") is not None:
+        new = out["x"]
+        if new.shape != x.shape:
+            raise ValueError(f"callback returned a state of shape {tuple(new.shape)}, expected {tuple(x.shape)}")
+        return new.to(x.device, x.dtype)
+    return x
 
 
-def _churn(x: Tensor, sigma: float, n_steps: int, generator: torch.Generator | None, s_churn: float,
+def _churn(x: Tensor, sigma: float, n_steps: int, generator: Generators, s_churn: float,
            s_tmin: float, s_tmax: float, s_noise: float) -> tuple[Tensor, float]:
     """Raise the noise level to σ̂ = (1+γ)σ by adding fresh noise (EDM Algorithm 2, lines 4–6)."""
     gamma = min(s_churn / n_steps, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
@@ -68,7 +85,7 @@ def _churn(x: Tensor, sigma: float, n_steps: int, generator: torch.Generator | N
 
 @torch.no_grad()
 def sample_euler(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                 callback: Callback | None = None, generator: torch.Generator | None = None,
+                 callback: Callback | None = None, generator: Generators = None,
                  s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                  s_noise: float = 1.0) -> Tensor:
     """Euler on the PF-ODE (EDM Algorithm 1 without its correction); churn as in Alg. 2 if s_churn > 0."""
@@ -78,13 +95,13 @@ def sample_euler(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, *, 
         x, sigma_hat = _churn(x, sig[i], n, generator, s_churn, s_tmin, s_tmax, s_noise)
         denoised = _denoise(denoiser, x, sigma_hat, cond)
         x = x + (sig[i + 1] - sigma_hat) * to_d(x, sigma_hat, denoised)  # Euler step, EDM Alg. 2 line 8
-        _report(callback, i, x, sigma_hat, sig[i + 1], denoised)
+        x = _report(callback, i, x, sigma_hat, sig[i + 1], denoised)
     return x
 
 
 @torch.no_grad()
 def sample_heun(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                callback: Callback | None = None, generator: torch.Generator | None = None,
+                callback: Callback | None = None, generator: Generators = None,
                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                 s_noise: float = 1.0) -> Tensor:
     """Heun's 2nd-order method with churn (Karras et al. 2022, Algorithm 2); a plain Euler step to σ = 0."""
@@ -99,7 +116,7 @@ def sample_heun(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, *, c
             denoised_next = _denoise(denoiser, x, sig[i + 1], cond)
             d_prime = to_d(x, sig[i + 1], denoised_next)  # Alg. 2 line 10
             x = x_hat + (sig[i + 1] - sigma_hat) * 0.5 * (d + d_prime)  # Alg. 2 line 11
-        _report(callback, i, x, sigma_hat, sig[i + 1], denoised)
+        x = _report(callback, i, x, sigma_hat, sig[i + 1], denoised)
     return x
 
 
@@ -117,7 +134,7 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
 
 @torch.no_grad()
 def sample_euler_ancestral(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                           callback: Callback | None = None, generator: torch.Generator | None = None,
+                           callback: Callback | None = None, generator: Generators = None,
                            eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
     """Ancestral Euler: an Euler step to σ_down, then noise of std σ_up (see :func:`ancestral_step`)."""
     x, sig = _prepare(x, sigmas)
@@ -127,13 +144,13 @@ def sample_euler_ancestral(denoiser: Callable[..., Tensor], x: Tensor, sigmas: T
         x = x + (sigma_down - sig[i]) * to_d(x, sig[i], denoised)
         if sigma_up > 0:
             x = x + sigma_up * s_noise * _randn(x, generator)
-        _report(callback, i, x, sig[i], sig[i + 1], denoised)
+        x = _report(callback, i, x, sig[i], sig[i + 1], denoised)
     return x
 
 
 @torch.no_grad()
 def sample_dpmpp_2m(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                    callback: Callback | None = None, generator: torch.Generator | None = None) -> Tensor:
+                    callback: Callback | None = None, generator: Generators = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in VE form, λ = −ln σ.
 
     ``x_next = (σ_next/σ)·x − (e^{−h} − 1)·D̂`` with ``h = λ_next − λ`` and
@@ -156,13 +173,13 @@ def sample_dpmpp_2m(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, 
                 d_hat = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * denoised_prev  # Alg. 2, D_i
             x = (sigma_next / sigma) * x - math.expm1(-h) * d_hat  # Lu et al. 2022, Alg. 2 update (VE: α = 1)
         denoised_prev = denoised
-        _report(callback, i, x, sigma, sigma_next, denoised)
+        x = _report(callback, i, x, sigma, sigma_next, denoised)
     return x
 
 
 @torch.no_grad()
 def sample_ddim(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                callback: Callback | None = None, generator: torch.Generator | None = None,
+                callback: Callback | None = None, generator: Generators = None,
                 eta: float = 0.0) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12 with σ_t(η) of eq. 16) on any σ grid, via ᾱ = 1/(1+σ²).
 
@@ -184,7 +201,7 @@ def sample_ddim(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, *, c
             if sigma_t > 0:
                 x_vp = x_vp + sigma_t * _randn(x, generator)
             x = x_vp / math.sqrt(a_next)
-        _report(callback, i, x, sigma, sigma_next, denoised)
+        x = _report(callback, i, x, sigma, sigma_next, denoised)
     return x
 
 
@@ -197,3 +214,10 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "ddim": sample_ddim,
 }
+
+
+def sampler_by_name(name: str) -> Sampler:
+    """The sampler registered as ``name`` in :data:`SAMPLERS` (a ValueError names it and the valid ones)."""
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(SAMPLERS))}")
+    return SAMPLERS[name]

@@ -1,10 +1,33 @@
-"""Tensor helpers: the one place where per-sample scalars are reshaped against data, and backward warping
-(shared by optical flow, the flow-consistency loss and the flow autoencoder)."""
+"""Tensor helpers: the one place where per-sample scalars are reshaped against data, seeded noise is drawn
+for a batch, and backward warping (shared by optical flow, the flow-consistency loss and the flow
+autoencoder)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: Sequence[int], generator: Generators, *, device: torch.device | str | None = None,
+          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard normal noise of ``shape``, drawn as diffusers' ``randn_tensor`` draws it.
+
+    One generator: one draw of the whole ``shape`` on the generator's device, then moved to ``device``.
+    A sequence of generators: row ``i`` (the first axis) drawn from ``generator[i]``, so each sample of a
+    batch repeats alone whatever the batch. None: the global generator, on ``device``.
+    """
+    shape = tuple(int(n) for n in shape)
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators given for a batch of {shape[0]}: pass one per sample")
+        rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.cat(rows).to(device)
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
 
 
 def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:
