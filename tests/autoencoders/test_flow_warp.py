@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sysconfig
-from pathlib import Path
-
 import numpy as np
 import PIL.Image
 import pytest
@@ -12,7 +9,9 @@ import torch
 
 from vidiff.autoencoders import FlowWarpAutoencoder, FlowWarpConfig
 
-PHOTO = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "coffee.png"
+from ..conftest import SKIMAGE_DATA
+
+PHOTO = SKIMAGE_DATA / "coffee.png"
 
 
 @pytest.fixture(scope="module")

@@ -170,6 +170,16 @@ def test_settings_file_with_a_wrong_type_is_refused(tmp_path: Path, field: str, 
                    "--model", NO_MODEL), "bad.json", field)
 
 
+@pytest.mark.parametrize("field, value", [("dtype", "float8"), ("attention_chunk", 0), ("vae_tiling", "yes"),
+                                          ("offload", 1)])
+def test_settings_file_with_a_bad_run_option_is_refused(tmp_path: Path, field: str, value: object) -> None:
+    """The run options a replay takes from the sidecar (dtype, offload, tiling, chunking) are checked too."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"settings": {}, field: value}))
+    refused(vidiff("generate", "--image", PHOTO, "--output", tmp_path / "x.mp4", "--settings", bad,
+                   "--model", NO_MODEL), "bad.json", field)
+
+
 @pytest.mark.parametrize("field", [f.name for f in fields(GenerationSettings)])
 def test_every_setting_checks_its_type(field: str) -> None:
     """Whatever JSON can hold in a wrong type (a list, a string or a bool for numbers, a number for names) is a

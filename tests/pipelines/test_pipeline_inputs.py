@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ import torch
 from vidiff.cli.main import main
 from vidiff.io.video import read_video
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline
+
+from ..conftest import SKIMAGE_DATA
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*trained at:UserWarning")
 TOL = 1e-4
@@ -61,13 +62,16 @@ def test_float_image_tensor_is_used_as_given(pipe, fast_diffusers, fast_inputs) 
 
 
 def test_sidecar_repeats_a_stochastic_sampler(tiny_svd_folder: Path, tmp_path: Path, capsys) -> None:
-    """``vidiff generate --sampler euler_ancestral`` twice, and again from its sidecar: the same frames."""
-    photo = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "coffee.png"
+    """``vidiff generate --sampler euler_ancestral`` twice, and again from its sidecar alone (settings and the
+    dtype and chunking of the run): the same frames."""
+    photo = SKIMAGE_DATA / "coffee.png"
     small = ["--num-frames", "2", "--steps", "2", "--height", "32", "--width", "48", "--quiet"]
     base = ["generate", "--image", str(photo), "--model", str(tiny_svd_folder)]
     runs = {name: tmp_path / name for name in ("first", "second", "replay")}
-    assert main([*base, "--output", f"{runs['first']}/", *small, "--sampler", "euler_ancestral", "--seed", "0"]) == 0
-    assert main([*base, "--output", f"{runs['second']}/", *small, "--sampler", "euler_ancestral", "--seed", "0"]) == 0
+    # run options that change the result (bfloat16 here) are replayed from the sidecar too
+    run = [*small, "--sampler", "euler_ancestral", "--seed", "0", "--dtype", "bfloat16", "--attention-chunk", "1"]
+    assert main([*base, "--output", f"{runs['first']}/", *run]) == 0
+    assert main([*base, "--output", f"{runs['second']}/", *run]) == 0
     assert main([*base, "--output", f"{runs['replay']}/", "--settings", str(runs["first"] / "settings.json"),
                  "--quiet"]) == 0
     capsys.readouterr()
@@ -80,6 +84,8 @@ def test_sidecar_repeats_a_stochastic_sampler(tiny_svd_folder: Path, tmp_path: P
                 "fast_path", "torch"):
         assert key in sidecar, key
     assert "decode_overlap" in sidecar["settings"]
+    replayed = json.loads((runs["replay"] / "settings.json").read_text())
+    assert (replayed["dtype"], replayed["attention_chunk"]) == ("bfloat16", 1)
 
 
 def test_run_record_names_what_changes_the_result(pipe, fast_inputs) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sysconfig
 import warnings
 from pathlib import Path
 
@@ -14,7 +13,9 @@ import torch
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline
 from vidiff.pipelines.settings import SAMPLER_NAMES
 
-PHOTO = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "astronaut.png"
+from ..conftest import SKIMAGE_DATA
+
+PHOTO = SKIMAGE_DATA / "astronaut.png"
 SMALL = dict(height=48, width=64, num_frames=4, num_inference_steps=3, decode_chunk_size=None)
 
 

@@ -14,7 +14,13 @@ from vidiff.cli.main import CLIError
 from vidiff.io.atomic import write_json_atomic
 from vidiff.io.video import VIDEO_FORMATS, check_video_output, video_format_for, write_video
 from vidiff.networks.fast import COMPILE_MODES, COMPILE_TARGETS, FastPath
-from vidiff.pipelines.settings import DTYPE_NAMES, GenerationSettings, SettingError, settings_from_sidecar
+from vidiff.pipelines.settings import (
+    DTYPE_NAMES,
+    GenerationSettings,
+    SettingError,
+    read_sidecar,
+    settings_from_sidecar,
+)
 
 EXAMPLES = """\
 examples:
@@ -135,6 +141,34 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
         raise CLIError(str(e)) from None
 
 
+# how the run was carried out, beside its settings: (sidecar key, argument, the value meaning "not given", check)
+_RUN_OPTIONS = (
+    ("dtype", "dtype", None, lambda v: v in DTYPE_NAMES),
+    ("offload", "offload", None, lambda v: v in ("none", "model", "sequential")),
+    ("vae_tiling", "vae_tiling", False, lambda v: isinstance(v, bool)),
+    ("attention_chunk", "attention_chunk", None,
+     lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)),
+)
+
+
+def _replay_run_options(args: argparse.Namespace) -> None:
+    """Take the dtype, offload, tiling and attention chunking of the ``--settings`` sidecar for the options
+    not given on the command line, so a replay computes what the recorded run computed."""
+    if not args.settings:
+        return
+    try:
+        sidecar = read_sidecar(args.settings)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    for key, dest, unset, valid in _RUN_OPTIONS:
+        if key not in sidecar or getattr(args, dest) != unset:
+            continue
+        value = sidecar[key]
+        if not valid(value):
+            raise CLIError(f"settings file {args.settings}: {key} = {value!r} is not a valid value")
+        setattr(args, dest, value)
+
+
 def _check_output(output: Path, image: Path) -> None:
     """The output can be written and replaces nothing but an earlier output (never the input image)."""
     out, img = output.resolve(), image.resolve()
@@ -163,6 +197,7 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
     except ValueError as e:
         raise CLIError(str(e)) from None
     settings = _settings(args)
+    _replay_run_options(args)
     if args.attention_chunk is not None and args.attention_chunk < 1:
         raise CLIError(f"--attention-chunk must be >= 1, got {args.attention_chunk}")
     device = resolve_device(args.device)
