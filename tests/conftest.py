@@ -8,10 +8,18 @@ compute the same things.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs pytest-xdist with one worker per core: a worker (and the CLI subprocesses it starts) that
+    # also spread torch, OpenMP and OpenCV over every core oversubscribe them, and spinning threads then made
+    # the suite several times slower than the sum of its tests
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 TINY_UNET = dict(
     sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
