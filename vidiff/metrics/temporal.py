@@ -130,9 +130,9 @@ def warp_errors(video: torch.Tensor, *, mask_occlusions: bool = True, **flow_kwa
         diff = (fwd + bwd_at).square().sum(1)
         bound = 0.01 * (fwd.square().sum(1) + bwd_at.square().sum(1)) + 0.5
         mask &= diff <= bound
-    err = (warp(prev, fwd) - cur).double().square().sum(1)
-    m = mask.double()
-    return (err * m).sum((1, 2)) / m.sum((1, 2))
+    mask &= torch.isfinite(fwd).all(1)  # a non-finite flow vector predicts nothing (and NaN·0 would be NaN)
+    err = torch.where(mask, (warp(prev, fwd) - cur).double().square().sum(1), 0.0)
+    return err.sum((1, 2)) / mask.double().sum((1, 2))
 
 
 def warp_error(video: torch.Tensor, *, mask_occlusions: bool = True, **flow_kwargs: float) -> float:
