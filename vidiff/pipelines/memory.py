@@ -136,13 +136,13 @@ CHUNK_MAPS = 24
 # glibc's largest mmap threshold: freed blocks below it stay in the heap for reuse, so on the CPU the
 # resident set runs up to about twice the live tensors when the largest ones are smaller than this.
 GLIBC_MMAP_MAX = 32 * 2**20
-HOST_WORKSPACE = 2**20  # oneDNN / OpenMP workspaces created on the CPU by a process's first calls
+HOST_WORKSPACE = 2**19  # oneDNN / OpenMP workspaces created on the CPU by a process's first calls
 HOST_RETAINED = 0.5  # share of an earlier stage's activations still resident during a later one (CPU)
 
 
 def host_overhead(live: float, largest: float) -> float:
     """Resident-set bytes of a stage on the CPU whose live tensors peak at ``live`` (largest tensor
-    ``largest``): the allocator's retention (x1.92 below glibc's mmap threshold, x1.15 above it) plus 1 MiB
+    ``largest``): the allocator's retention (x1.92 below glibc's mmap threshold, x1.15 above it) plus 0.5 MiB
     of runtime workspaces (oneDNN, OpenMP) created on first use (anonymous memory: the library code a first
     call pages in is shared and evictable, and is not counted). Both factors were measured on the CPU in
     fresh processes (``benchmarks/memory_controls.py``); they are not used for CUDA devices."""
