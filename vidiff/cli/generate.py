@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -258,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {output} ({frames.shape[0]} frames, {frames.shape[-1]}x{frames.shape[-2]}, "
               f"{resolved.fps} fps) in {seconds:.1f} s; settings in {sidecar_path(output)}")
-        print(json.dumps({"memory_plan": result.memory_plan.describe()}))
+        budget = f" (chosen for --max-memory {args.max_memory})" if args.max_memory else ""
+        print(f"memory controls: {result.memory_plan.describe()}{budget}")
     return 0
 
 
