@@ -13,12 +13,12 @@ from vidiff.cli.main import CLIError
 from vidiff.io.atomic import write_json_atomic
 from vidiff.io.video import VIDEO_FORMATS, check_video_output, video_format_for, write_video
 from vidiff.networks.fast import COMPILE_MODES, COMPILE_TARGETS, FastPath
+from vidiff.pipelines.memory import OFFLOAD_MODES
 from vidiff.pipelines.settings import (
     DTYPE_NAMES,
     GenerationSettings,
     SettingError,
     read_sidecar,
-    settings_from_sidecar,
 )
 
 EXAMPLES = """\
@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="auto, cpu, cuda or cuda:N (default auto: cuda when there is a CUDA device, else cpu)")
     hw.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                     help="weights and activations dtype (default float32 on cpu, float16 on cuda)")
-    hw.add_argument("--offload", default=None, choices=("none", "model", "sequential"),
+    hw.add_argument("--offload", default=None, choices=OFFLOAD_MODES,
                     help="keep components (model) or layers (sequential) off the GPU until they run")
     hw.add_argument("--max-memory", default=None,
                     help="memory budget such as 8GiB: chooses the cheapest controls predicted to fit")
@@ -127,7 +127,8 @@ def _flag(name: str) -> str:
 
 
 def _settings(args: argparse.Namespace) -> GenerationSettings:
-    """The options given, over the ``--settings`` file's; errors name the option or the file's field."""
+    """The options given, over the ``--settings`` file's (read once: its settings, and the run options it
+    records for those not given, :func:`_replay_run_options`); errors name the option or the file's field."""
     try:
         settings = GenerationSettings(**{f.name: getattr(args, f.name) for f in fields(GenerationSettings)})
     except SettingError as e:
@@ -135,37 +136,34 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
     if not args.settings:
         return settings
     try:
-        return settings_from_sidecar(args.settings).merged(settings)
+        sidecar = read_sidecar(args.settings)
+        recorded = GenerationSettings.from_dict(sidecar["settings"], source=f"settings file {args.settings}")
     except ValueError as e:
         raise CLIError(str(e)) from None
+    _replay_run_options(args, sidecar)
+    return recorded.merged(settings)
 
 
-# how the run was carried out, beside its settings: (sidecar key, argument, the value meaning "not given", check)
+# how the run was carried out, beside its settings: (sidecar key = argument, the value meaning "not given",
+# check)
 _RUN_OPTIONS = (
-    ("dtype", "dtype", None, lambda v: v in DTYPE_NAMES),
-    ("offload", "offload", None, lambda v: v in ("none", "model", "sequential")),
-    ("vae_tiling", "vae_tiling", False, lambda v: isinstance(v, bool)),
-    ("attention_chunk", "attention_chunk", None,
-     lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)),
+    ("dtype", None, lambda v: v in DTYPE_NAMES),
+    ("offload", None, lambda v: v in OFFLOAD_MODES),
+    ("vae_tiling", False, lambda v: isinstance(v, bool)),
+    ("attention_chunk", None, lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)),
 )
 
 
-def _replay_run_options(args: argparse.Namespace) -> None:
+def _replay_run_options(args: argparse.Namespace, sidecar: dict) -> None:
     """Take the dtype, offload, tiling and attention chunking of the ``--settings`` sidecar for the options
     not given on the command line, so a replay computes what the recorded run computed."""
-    if not args.settings:
-        return
-    try:
-        sidecar = read_sidecar(args.settings)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    for key, dest, unset, valid in _RUN_OPTIONS:
-        if key not in sidecar or getattr(args, dest) != unset:
+    for key, unset, valid in _RUN_OPTIONS:
+        if key not in sidecar or getattr(args, key) != unset:
             continue
         value = sidecar[key]
         if not valid(value):
             raise CLIError(f"settings file {args.settings}: {key} = {value!r} is not a valid value")
-        setattr(args, dest, value)
+        setattr(args, key, value)
 
 
 def _check_output(output: Path, image: Path) -> None:
@@ -196,7 +194,6 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
     except ValueError as e:
         raise CLIError(str(e)) from None
     settings = _settings(args)
-    _replay_run_options(args)
     if args.attention_chunk is not None and args.attention_chunk < 1:
         raise CLIError(f"--attention-chunk must be >= 1, got {args.attention_chunk}")
     device = resolve_device(args.device)

@@ -126,8 +126,3 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
         raise ValueError(f"settings file {p} has no 'settings' object (was it written by vidiff generate?)")
     return data
-
-
-def settings_from_sidecar(path: str | Path) -> GenerationSettings:
-    """The settings of an earlier run, from its sidecar; errors name the file and the field."""
-    return GenerationSettings.from_dict(read_sidecar(path)["settings"], source=f"settings file {path}")
