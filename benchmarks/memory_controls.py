@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,16 +166,21 @@ PINNED_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 * 2**
 
 
 def measure(args: argparse.Namespace, name: str) -> dict:
-    """Run setting ``name`` in a fresh subprocess: its measured and predicted peaks, seconds and plan."""
+    """Run setting ``name`` in ``--repeat`` fresh subprocesses: the median of their measured peaks (each run's
+    in ``peaks``), the predicted peak, seconds and plan."""
     stage, controls = SETTINGS[name]
     cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--dtype", args.dtype,
            "--height", str(args.height), "--width", str(args.width), "--num-frames", str(args.num_frames),
            "--steps", str(args.steps), "--max-memory", str(args.max_memory), "--stage", stage,
            "--controls", json.dumps(controls)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **PINNED_MALLOC})
-    if proc.returncode:
-        return {"setting": name, "stage": stage, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    return {"setting": name, "stage": stage, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    runs = []
+    for _ in range(args.repeat):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **PINNED_MALLOC})
+        if proc.returncode:
+            return {"setting": name, "stage": stage, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    peaks = [r["peak"] for r in runs]
+    return {"setting": name, "stage": stage, **runs[0], "peak": statistics.median(peaks), "peaks": peaks}
 
 
 def main() -> None:
@@ -190,6 +196,9 @@ def main() -> None:
     p.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="which settings (default: all)")
     p.add_argument("--max-memory", default="400MiB", help="the budget of the max_memory setting")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="fresh processes per setting; the median peak is reported (one run's peak on the CPU "
+                   "varies by up to 1.6x, as wide as the planner's band)")
     p.add_argument("--stage", help=argparse.SUPPRESS)  # child mode
     p.add_argument("--controls", help=argparse.SUPPRESS)
     args = p.parse_args()
