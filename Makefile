@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the local CPU build, so the package's torch range installs nothing more
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# cd-fvd only as the independent I3D the metric tests compare against: its torchvision requirement has no
+	# CPU build, and the module the tests import needs only torch
+	$(BIN)/python -m pip install -q --no-deps cd-fvd==0.1.1
 	touch $(STAMP)
 
 setup: $(STAMP)
