@@ -72,7 +72,7 @@ def test_eps_and_v_coefficients() -> None:
     for a, b in zip(svd[:3], v[:3]):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(svd.c_noise, edm1.c_noise)
-    assert set(SCALINGS) == {"edm", "eps", "v", "v_edm", "x0", "discrete_eps"}
+    assert set(SCALINGS) == {"edm", "eps", "v", "v_edm", "x0", "discrete_eps", "flow"}
 
 
 def test_x0_coefficients() -> None:
@@ -187,7 +187,7 @@ def test_every_registered_scaling_builds_and_unknown_names_are_listed() -> None:
     """Each name builds its class with the options it takes; the diffusers prediction type written on export
     is the one of its parametrisation."""
     prediction = {"edm": "edm", "eps": "epsilon", "discrete_eps": "epsilon", "v": "v_prediction",
-                  "v_edm": "v_prediction", "x0": "sample"}
+                  "v_edm": "v_prediction", "x0": "sample", "flow": "flow_prediction"}
     schedule = _schedule()
     for name, cls in SCALINGS.items():
         scaling = scaling_by_name(name, sigma_data=0.7, schedule=schedule)
@@ -198,7 +198,7 @@ def test_every_registered_scaling_builds_and_unknown_names_are_listed() -> None:
             assert scaling.schedule is schedule
         assert scaling.prediction_type == prediction[name]
         assert all(torch.isfinite(t).all() for t in scaling(SIGMAS[1:5]))
-    with pytest.raises(ValueError, match=r"unknown scaling 'vv'; valid: discrete_eps, edm, eps, v, v_edm, x0$"):
+    with pytest.raises(ValueError, match=r"unknown scaling 'vv'; valid: discrete_eps, edm, eps, flow, v, v_edm, x0$"):
         scaling_by_name("vv")
     with pytest.raises(ValueError, match=r"unknown scaling \['v'\]; valid: "):  # not a name at all
         scaling_by_name(["v"])

@@ -5,8 +5,10 @@ A scaling turns a raw network ``F`` into a denoiser
 Each class also gives the network's ideal training target ``F_target`` (EDM eq. 8): the output for which
 ``D(x₀ + σn, σ) = x₀`` exactly.
 
-All coefficients come back with the shape and dtype of ``sigma`` (``(B,)``); broadcasting against data is
-done by the caller with :func:`vidiff.utils.append_dims`.
+All coefficients are elementwise in σ and come back with its shape and dtype: ``(B,)``, or ``(B, T)`` for
+per-frame noise levels; broadcasting against data ``(B, T, C, H, W)`` is done by the caller with
+:func:`vidiff.utils.append_dims`. Coefficients whose ``c_noise`` is ``¼ ln σ`` are −∞ at σ = 0: the
+:class:`vidiff.diffusion.Denoiser` never evaluates a network there (frames at σ = 0 are held clean).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from vidiff.utils import append_dims, build_named
 
 
 class Coefficients(NamedTuple):
-    """The four preconditioning coefficients, each ``(B,)``."""
+    """The four preconditioning coefficients, each of σ's shape (``(B,)`` or ``(B, T)``)."""
 
     c_skip: Tensor
     c_out: Tensor

@@ -162,7 +162,7 @@ class MidBlock(nn.Module):
 
 
 class UNetSpatioTemporal(nn.Module):
-    """SVD's video UNet: ``forward(x (B, T, C, H, W), c_noise (B,), cond) -> (B, T, C_out, H, W)``."""
+    """SVD's video UNet: ``forward(x (B, T, C, H, W), c_noise (B,) | (B, T), cond) -> (B, T, C_out, H, W)``."""
 
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
@@ -272,10 +272,13 @@ class UNetSpatioTemporal(nn.Module):
         *,
         image_only_indicator: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x (B, T, C_noisy, H, W)``, ``c_noise (B,)`` -> ``(B, T, C_out, H, W)``.
+        """``x (B, T, C_noisy, H, W)``, ``c_noise (B,)`` or ``(B, T)`` -> ``(B, T, C_out, H, W)``.
 
-        ``image_only_indicator (B, T)``: 1 marks frames to be treated as independent images (temporal
-        layers bypassed); None means all video frames (zeros).
+        ``c_noise (B, T)`` gives every frame its own noise level, embedded per frame as Stability's
+        VideoUNet embeds one timestep per ``(b t)`` (the weights are unchanged): the spatial and temporal
+        resnets add frame ``f``'s embedding to frame ``f``. Rows constant over frames are embedded once per
+        video, exactly the ``(B,)`` path (bit for bit). ``image_only_indicator (B, T)``: 1 marks frames to be
+        treated as independent images (temporal layers bypassed); None means all video frames (zeros).
         """
         b, t, _, height, width = x.shape
         cfg = self.config
@@ -290,17 +293,18 @@ class UNetSpatioTemporal(nn.Module):
             raise ValueError(f"x and cond.concat have {x.shape[2]} channels together; the UNet takes "
                              f"in_channels={cfg.in_channels}")
 
-        # 2. Embeddings, once per video (B, 1, E), or per frame (B, T, E) when the vector is: resnets
-        #    broadcast them over frames, which is exact and avoids T-fold repeated projections.
-        c_noise = c_noise.reshape(-1).expand(b)
-        emb = self.time_embedding(timestep_embedding(c_noise, cfg.block_out_channels[0]).to(x.dtype))
+        # 2. Embeddings, once per video (B, 1, E), or per frame (B, T, E) when the noise level or the vector
+        #    is: resnets broadcast them over frames, which is exact and avoids T-fold repeated projections.
+        c_noise = _frame_levels(c_noise, b, t)  # (B,) or (B, T)
+        emb = self.time_embedding(timestep_embedding(c_noise.reshape(-1), cfg.block_out_channels[0]).to(x.dtype))
+        emb = emb[:, None] if c_noise.ndim == 1 else emb.unflatten(0, (b, t))  # (B, 1|T, E)
         vector = cond.vector.to(x.dtype)
         if vector.ndim == 2:
             vector = vector[:, None]  # (B, 1, D_adm)
         if vector.shape[0] != b or vector.shape[1] not in (1, t):
             raise ValueError(f"cond.vector must be (B, D) or (B, T, D) with B={b}, T={t}; "
                              f"got {tuple(cond.vector.shape)}")
-        emb = emb[:, None] + self.add_embedding(vector)  # (B, T|1, E)
+        emb = emb + self.add_embedding(vector)  # (B, T|1, E)
         context = cond.crossattn.to(x.dtype)  # (B, S, D_ctx); frames (and pixels) share their video's
         if context.ndim != 3 or context.shape[0] != b:
             raise ValueError(f"cond.crossattn must be (B, S, D) with B={b}, got {tuple(context.shape)}")
@@ -316,3 +320,19 @@ class UNetSpatioTemporal(nn.Module):
             h = block(h, emb, context, t, image_only_indicator, skips)
         h = self.conv_out(F.silu(self.conv_norm_out(h)))  # (B·T, C_out, H, W)
         return h.unflatten(0, (b, t))
+
+
+def _frame_levels(c_noise: torch.Tensor, b: int, t: int) -> torch.Tensor:
+    """``c_noise`` as ``(B,)`` (a scalar or ``(1,)`` repeated), or ``(B, T)`` when it differs across frames.
+
+    A ``(B, T)`` or ``(1, T)`` level that is the same for every frame of each video becomes ``(B,)``, so
+    the embedding is computed once per video exactly as on the ``(B,)`` path.
+    """
+    if c_noise.ndim < 2:
+        return c_noise.reshape(-1).expand(b)
+    if c_noise.ndim != 2 or c_noise.shape[1] != t or c_noise.shape[0] not in (1, b):
+        raise ValueError(f"c_noise must be (B,) or (B, T) with B={b}, T={t}; got {tuple(c_noise.shape)}")
+    c_noise = c_noise.expand(b, t)
+    if bool((c_noise == c_noise[:, :1]).all()):
+        return c_noise[:, 0]
+    return c_noise

@@ -33,7 +33,8 @@ def randn(shape: Sequence[int], generator: Generators, *, device: torch.device |
 def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:
     """Append trailing singleton dims so a per-sample tensor broadcasts against ``target_ndim`` data.
 
-    ``sigma`` of shape ``(B,)`` against ``x`` of shape ``(B, T, C, H, W)`` becomes ``(B, 1, 1, 1, 1)``.
+    ``sigma`` of shape ``(B,)`` against ``x`` of shape ``(B, T, C, H, W)`` becomes ``(B, 1, 1, 1, 1)``; a
+    per-frame ``(B, T)`` becomes ``(B, T, 1, 1, 1)``.
     """
     missing = target_ndim - x.ndim
     if missing < 0:
