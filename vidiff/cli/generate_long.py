@@ -1,0 +1,141 @@
+"""``vidiff generate`` beyond the model's clip length, and first-and-last-frame clips (``--end-image``).
+
+``generate.py`` adds these flags with :func:`add_long_arguments`, checks them cheaply with
+:func:`check_long_arguments` before loading anything, and hands the run over with :func:`run_long` when
+:func:`long_requested` says the run is long (more frames than the model's window, or an end image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from vidiff.cli.main import CLIError
+from vidiff.pipelines.long_video import LONG_MODES
+
+DEFAULT_LONG_MODE = "fifo"  # lowest seam ratio on the bundled model in every run (README, "Long videos")
+DEFAULT_OVERLAP = 4
+
+
+def add_long_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("long videos (--num-frames beyond the model's clip length) and end images")
+    g.add_argument("--long-mode", default=None, choices=LONG_MODES,
+                   help=f"how windows of the model's length make a longer video: chain (overlapping windows "
+                   f"continue each other's latents), keyframes (keyframes over the whole video, then filled), "
+                   f"fifo (diagonal denoising) (default {DEFAULT_LONG_MODE})")
+    g.add_argument("--overlap", type=int, default=None,
+                   help=f"chain: frames each window shares with the previous one (default {DEFAULT_OVERLAP})")
+    g.add_argument("--end-image", default=None,
+                   help="image the video ends on (same size as --image); the clip goes from one to the other")
+
+
+def check_long_arguments(args: argparse.Namespace, image_path: Path) -> None:
+    """The long-video flags that can be checked before loading a model (one-line ``CLIError``)."""
+    from vidiff.io.video import ImageError, read_image
+
+    start = read_image(image_path)
+    image_size = (start.shape[-1], start.shape[-2])
+    _replay_long_options(args)
+    if args.overlap is not None and args.overlap < 1:
+        raise CLIError(f"--overlap must be >= 1, got {args.overlap}")
+    if args.end_image is not None:
+        try:
+            end = read_image(args.end_image)
+        except ImageError as e:
+            raise CLIError(f"--end-image {e}") from None
+        if (end.shape[-1], end.shape[-2]) != image_size:
+            raise CLIError(f"--end-image {args.end_image} is {end.shape[-1]}x{end.shape[-2]}, but --image is "
+                           f"{image_size[0]}x{image_size[1]}: give an end image of the same size")
+
+
+def _replay_long_options(args: argparse.Namespace) -> None:
+    """A ``--settings`` sidecar of a long run gives its mode and overlap to the options not given (the
+    settings file itself was already read and checked by ``generate``)."""
+    from vidiff.pipelines.settings import read_sidecar
+
+    if not args.settings:
+        return
+    recorded = read_sidecar(args.settings).get("long_video") or {}
+    if args.long_mode is None and recorded.get("long_mode") in LONG_MODES:
+        args.long_mode = recorded["long_mode"]
+    if args.overlap is None and isinstance(recorded.get("overlap"), int):
+        args.overlap = recorded["overlap"]
+
+
+def long_requested(args: argparse.Namespace, num_frames: int | None, window: int) -> bool:
+    return args.end_image is not None or (num_frames is not None and num_frames > window) or \
+        args.long_mode is not None
+
+
+def end_latent(pipe: Any, start: Any, end: Any, height: int, width: int) -> Any:
+    """The end image's latent for a VAE that decodes by warping the start image: its flow to the start
+    image (``vidiff.metrics.flow``), encoded; None for other VAEs (the pipeline encodes the image)."""
+    if not getattr(pipe.vae, "reference_conditioned", False):
+        return None
+    import torch.nn.functional as F
+
+    from vidiff.metrics.flow import estimate_flow
+
+    a, b = (F.interpolate(t[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+            for t in (end, start))
+    return pipe.vae.encode_flow(estimate_flow(a.clamp(0, 1), b.clamp(0, 1)))
+
+
+def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, output: Path,
+             settings: Any, model: Any) -> int:
+    """Generate, write the video and its sidecar (settings with the full ``num_frames``, plus ``long_video``:
+    mode, window, overlap and the segment or keyframe indices)."""
+    import torch
+
+    from vidiff import __version__
+    from vidiff.cli.generate import _sha256, sidecar_path, write_sidecar
+    from vidiff.io.video import read_image, write_video
+    from vidiff.pipelines.long_video_pipeline import generate_long_video
+
+    window = pipe.default_settings().merged(settings.__class__(num_frames=None)).num_frames
+    num_frames = settings.num_frames or window
+    # an end image: keyframes, whose first pass spans the whole video with both ends (bidirectional)
+    mode = args.long_mode or ("keyframes" if args.end_image else DEFAULT_LONG_MODE)
+    overlap = args.overlap if args.overlap is not None else min(DEFAULT_OVERLAP, window - 1)
+    if not 0 < overlap < window:  # refused in every mode: only chain uses it, but a bad value is a mistake
+        raise CLIError(f"--overlap {overlap} must be smaller than the segment length {window} (the model's clip "
+                       "length)")
+    if num_frames <= window:  # one window: an end image makes it a first-and-last-frame clip
+        window, mode = num_frames, "keyframes"
+    end = read_image(args.end_image) if args.end_image else None
+    window_settings = settings.merged(settings.__class__(num_frames=window))
+    resolved = pipe._resolve(window_settings)
+    latent = None if end is None else end_latent(pipe, image, end, resolved.height, resolved.width)
+    frames: list[torch.Tensor] = []
+    start = time.perf_counter()
+    try:
+        result = generate_long_video(
+            pipe, image, num_frames, frames.append, mode=mode, overlap=overlap, end_image=end,
+            end_latent=latent, settings=window_settings, progress=not args.quiet, offload=args.offload,
+            max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    seconds = time.perf_counter() - start
+    video = torch.cat(frames)
+    try:
+        write_video(video, output, fps=result.settings.fps)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"cannot write {output}: {e}") from None
+    record = dict(result.record)
+    if args.end_image:
+        record["end_image"] = str(args.end_image)
+        record["end_image_sha256"] = _sha256(Path(args.end_image))
+    sidecar = {
+        "vidiff_version": __version__, "model": str(model), "image": str(image_path),
+        "image_sha256": _sha256(image_path), "output": str(output), **result.run,
+        "generation_seconds": round(seconds, 3),
+        "settings": {**result.settings.to_dict(), "num_frames": num_frames},
+        "long_video": record,
+    }
+    write_sidecar(sidecar, output)
+    if not args.quiet:
+        print(f"wrote {output} ({num_frames} frames, {mode} over windows of {window}) in {seconds:.1f} s; "
+              f"settings in {sidecar_path(output)}")
+    return 0
