@@ -64,8 +64,8 @@ class Attention(nn.Module):
         are loaded (pipelines do), and again, or with ``enabled=False``, after changing them (training).
         """
         self.fused_qkv = self.fused_kv = None
-        if not enabled:
-            return
+        if not enabled or any(m._forward_hooks for m in (self.to_q, self.to_k, self.to_v)):
+            return  # a projection with a forward hook (a LoRA, vidiff.adapters) must run as its own layer
         kv = torch.cat([self.to_k.weight, self.to_v.weight])
         self.fused_kv = kv
         if self.to_q.in_features == self.to_k.in_features:

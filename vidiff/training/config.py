@@ -101,7 +101,8 @@ class MixtureComponent:
     ``skimage`` (scikit-image's colour photographs minus the file names in ``exclude``) or ``video_frames``
     (``frames_per_video`` evenly spaced frames of every video under ``root``), with a move strength drawn
     in ``strength`` (0 = a still clip), a first window of ``crop_fraction`` (lo, hi) of the photo, placed
-    anywhere and mirrored at random when ``jitter``, pans of at most ``max_pan`` of the window and
+    anywhere and mirrored at random when ``jitter``, pans of at most ``max_pan`` of the window (in directions
+    ``pan_angle``, degrees lo..hi, 180 = the camera moves left; None = any), only ``moves``, and
     rotations up to ``max_angle`` degrees (``CameraMoveDataset``). ``num_samples``: items per epoch (None =
     ``data.num_samples``).
     ``video_folder`` measures motion buckets at ``flow_width`` pixels on ``flow_pairs`` frame pairs (None =
@@ -120,6 +121,8 @@ class MixtureComponent:
     jitter: bool = False
     max_angle: float = 10.0
     max_pan: float = 1.0
+    pan_angle: tuple[float, float] | None = None
+    moves: tuple[str, ...] = ("pan", "zoom", "rotate")
     exclude_videos: tuple[str, ...] = ()
     num_samples: int | None = None
     flow_width: int = 128
@@ -357,6 +360,23 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Train only low-rank adapters on the UNet (``vidiff.adapters``; Hu et al. 2021): rank ``rank``, ``alpha``
+    (None = rank), fnmatch ``targets`` over the UNet's layer names, ``dropout`` on the adapters' input. The
+    run exports ``OUTPUT_DIR/lora.safetensors`` (with the base model's hash) instead of a model."""
+
+    rank: int = 8
+    alpha: float | None = None
+    targets: tuple[str, ...] = ("*.to_q", "*.to_k", "*.to_v", "*.to_out.0", "*.net.0.proj", "*.net.2")
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "lora.rank", f"must be >= 1, got {self.rank}")
+        _check(len(self.targets) > 0, "lora.targets", "must list at least one pattern")
+        _check(0 <= self.dropout < 1, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The whole run. ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler,
     CUDA only)."""
@@ -377,8 +397,10 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     stages: tuple[StageConfig, ...] = ()
+    lora: LoRAConfig | None = None
 
     def __post_init__(self) -> None:
+        _check(self.lora is None or not self.stages, "lora", "trains only the adapters: leave stages empty")
         _check(bool(self.output_dir), "output_dir", "must be set")
         _one_of(self.device, "device", ("auto", "cpu", "cuda"))
         _one_of(self.precision, "precision", ("fp32", "bf16", "fp16"))
@@ -547,6 +569,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             if not (dataclasses.is_dataclass(cls) and p in {f.name for f in fields(cls)}):
                 raise ConfigError(f"unknown config key {dotted}")
             tp = _hints(cls)[p]
+            inner = [a for a in typing.get_args(tp) if a is not type(None)]  # ``X | None`` sections (lora)
+            tp = inner[0] if len(inner) == 1 and dataclasses.is_dataclass(inner[0]) else tp
             if i == len(parts) - 1:
                 node[p] = raw if tp is str or str in typing.get_args(tp) else _yaml_value(raw)
             else:

@@ -436,7 +436,9 @@ class CameraMoveDataset(Dataset):
     ``crop_fraction`` may be a range ``(lo, hi)`` drawn per item, and ``jitter`` places the first window
     anywhere inside the photo and mirrors the photo half of the time, so that a few photographs give many
     different first frames (a model then learns the move, not the photographs). ``max_pan`` caps a pan's
-    travel at that fraction of the window (less content enters the frame that frame 0 does not show).
+    travel at that fraction of the window (less content enters the frame that frame 0 does not show);
+    ``pan_angle`` (degrees, lo, hi; None = any) limits the direction the camera pans (0 right, 90 down,
+    180 left, image axes).
     ``images`` are paths or ``(3, H, W)`` tensors in [0, 1]; ``None`` uses :func:`skimage_photographs`.
     Item ``index`` uses image ``index % len(images)`` and depends only on ``(seed, index)``. Items also carry
     ``"flow" (T, 2, H, W)``: the exact backward flow of every frame to frame 0 in output pixels
@@ -449,7 +451,7 @@ class CameraMoveDataset(Dataset):
                  moves: Sequence[str] = ("pan", "zoom", "rotate"),
                  strength: tuple[float, float] = (0.2, 1.0),
                  crop_fraction: float | tuple[float, float] = 0.75, jitter: bool = False,
-                 max_pan: float = math.inf,
+                 max_pan: float = math.inf, pan_angle: tuple[float, float] | None = None,
                  max_angle: float = 10.0, fps: float = 7.0,
                  motion_bucket_scale: float = DEFAULT_MOTION_SCALE) -> None:
         self.height, self.width = _hw(height, width, size)
@@ -468,6 +470,7 @@ class CameraMoveDataset(Dataset):
         self.num_samples = num_samples if num_samples is not None else len(imgs)
         self.moves, self.strength, self.crop_fraction, self.jitter = tuple(moves), strength, crop, jitter
         self.max_pan = max_pan
+        self.pan_phi = (0.0, 2 * math.pi) if pan_angle is None else tuple(math.radians(a) for a in pan_angle)
         self.max_angle, self.fps, self.motion_bucket_scale = max_angle, fps, motion_bucket_scale
         self._cache: dict[int, torch.Tensor] = {}
 
@@ -495,7 +498,7 @@ class CameraMoveDataset(Dataset):
         t, h, w = self.num_frames, self.height, self.width
         move = self.moves[int(torch.randint(len(self.moves), (), generator=g))]
         k = _uniform(g, *self.strength)
-        phi = _uniform(g, 0, 2 * math.pi)
+        phi = _uniform(g, *self.pan_phi)
         sign = 1.0 if torch.rand((), generator=g) < 0.5 else -1.0
         wb = _uniform(g, *self.crop_fraction) * min(wp, hp * w / h)  # base window in photo pixels
         s = wb / w

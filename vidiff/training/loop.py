@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vidiff.adapters.training import attach_trainable_lora, export_trained_lora
 from vidiff.training import distributed as D
 from vidiff.training.checkpoint import (
     CheckpointCorruptError,
@@ -39,7 +40,7 @@ from vidiff.training.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from vidiff.training.config import TrainConfig
+from vidiff.training.config import StageConfig, TrainConfig
 from vidiff.training.ema import EMA
 from vidiff.training.model import (
     ModelBundle,
@@ -183,6 +184,9 @@ def _build_bundle(cfg: TrainConfig) -> ModelBundle:
     # what the exported model samples and generates with: the parametrisation it was trained with
     bundle.extra.update(trained_parametrisation(cfg.loss), guidance=cfg.checkpoint.guidance)
     scheduler_keys(bundle.extra, cfg.model.sigma_min, cfg.model.sigma_max)  # a σ range it can sample: now
+    if cfg.lora is not None:  # only these adapters train (see the stage in _train)
+        attach_trainable_lora(bundle.unet, rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets,
+                              dropout=cfg.lora.dropout)
     return bundle
 
 
@@ -195,6 +199,10 @@ def _export(cfg: TrainConfig, bundle: ModelBundle, weights: dict[str, torch.Tens
     if wrong:
         raise CheckpointCorruptError(f"checkpoint {source} does not hold this config's model "
                                      f"({len(wrong)} tensors missing, extra or misshapen, e.g. {wrong[0]})")
+    if cfg.lora is not None:  # the adapters alone, small, with the base model's hash
+        path = Path(cfg.output_dir) / "lora.safetensors"
+        export_trained_lora(bundle.unet, weights, path, prefix="unet.", targets=cfg.lora.targets)
+        return path
     return export_model(bundle, weights, Path(cfg.output_dir) / "model", cfg.model.init_from,
                         dtype=getattr(torch, cfg.checkpoint.export_dtype))
 
@@ -219,7 +227,8 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
     world = env.world_size
     bsz, accum = cfg.data.batch_size, cfg.optim.grad_accum
     global_batch = bsz * accum * world
-    spans = stage_spans(cfg.stages, cfg.schedule.max_steps)
+    lora_stage = (StageConfig("lora", trainable=("unet.lora.*",)),) if cfg.lora is not None else None
+    spans = stage_spans(lora_stage or cfg.stages, cfg.schedule.max_steps)
     for s in spans:
         missing = unmatched_patterns(module, s.trainable)
         if len(missing) == len(s.trainable):  # found now, not when the stage starts

@@ -182,7 +182,8 @@ def _component_dataset(c: Any, cfg: DataConfig, *, seed: int, extra: dict[str, A
         raise ValueError(f"camera_move source ({c.images}) found no images")
     return data_mod.CameraMoveDataset(images, num_frames=cfg.num_frames, size=size, num_samples=n, seed=seed,
                                       strength=tuple(c.strength), crop_fraction=tuple(c.crop_fraction),
-                                      jitter=c.jitter, max_angle=c.max_angle, max_pan=c.max_pan, **extra)
+                                      jitter=c.jitter, max_angle=c.max_angle, max_pan=c.max_pan,
+                                      pan_angle=c.pan_angle, moves=c.moves, **extra)
 
 
 def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
