@@ -7,9 +7,11 @@ from vidiff.autoencoders.kl import DiagonalGaussian, Encoder
 from vidiff.autoencoders.patch import PatchAutoencoder, PatchConfig, PatchPosterior
 from vidiff.autoencoders.temporal import TemporalDecoder
 from vidiff.autoencoders.vae import VAE_PRESETS, AutoencoderKLTemporal, VAEConfig
+from vidiff.autoencoders.wan_vae import WAN_VAE_PRESETS, WanVAE, WanVAEConfig
 
 __all__ = [
     "VAE_PRESETS",
+    "WAN_VAE_PRESETS",
     "AutoencoderKL",
     "AutoencoderKLTemporal",
     "DiagonalGaussian",
@@ -23,4 +25,6 @@ __all__ = [
     "PatchPosterior",
     "TemporalDecoder",
     "VAEConfig",
+    "WanVAE",
+    "WanVAEConfig",
 ]

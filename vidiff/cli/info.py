@@ -13,6 +13,7 @@ from typing import Any
 from vidiff.io.checkpoints import read_checkpoint
 from vidiff.io.components import COMPONENTS, Checkpoint
 from vidiff.io.weights import CheckpointError
+from vidiff.pipelines.wan_loading import is_wan_checkpoint, read_wan_checkpoint
 
 EXIT_USAGE = 2
 
@@ -54,7 +55,8 @@ def _human(n: int) -> str:
 
 def describe(ckpt: Checkpoint) -> dict[str, Any]:
     """A JSON-able summary of ``ckpt``: layout, model type, configs and per-component counts."""
-    out: dict[str, Any] = {"layout": ckpt.layout, "model_type": ckpt.model_type, "components": {}}
+    out: dict[str, Any] = {"layout": ckpt.layout, "model_type": ckpt.extra.get("model_type", ckpt.model_type),
+                           "components": {}}
     for name, comp in ckpt.components.items():
         entry: dict[str, Any] = {"config": comp.config}
         if comp.state_dict is not None:
@@ -69,7 +71,8 @@ def describe(ckpt: Checkpoint) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Print the description of ``args.path``; errors print one line and return exit code 2."""
     try:
-        ckpt = read_checkpoint(args.path, device="meta")
+        ckpt = read_wan_checkpoint(args.path) if is_wan_checkpoint(args.path) else read_checkpoint(args.path,
+                                                                                                  device="meta")
     except (CheckpointError, OSError) as e:
         print(f"vidiff info: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,6 +12,7 @@ from vidiff.conditioning.embedders import (
     sv3d_camera_vector,
     sv3d_default_orbit,
 )
+from vidiff.conditioning.text import TextCond, UMT5TextEncoder, clip_image_tokens
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -21,6 +22,9 @@ __all__ = [
     "CLIPImageEmbedder",
     "Cond",
     "Conditioner",
+    "TextCond",
+    "UMT5TextEncoder",
+    "clip_image_tokens",
     "drop_conditions",
     "embed_scalars",
     "noise_augment",

@@ -37,7 +37,7 @@ class Cond:
         return 0
 
     def _map(self, fn) -> Cond:
-        return Cond(**{f.name: None if (t := getattr(self, f.name)) is None else fn(t) for f in fields(self)})
+        return type(self)(**{f.name: None if (t := getattr(self, f.name)) is None else fn(t) for f in fields(self)})
 
     def cat(self, other: Cond) -> Cond:
         """Batch two conditionings (``[self, other]``), as classifier-free guidance evaluates them."""
@@ -47,7 +47,7 @@ class Cond:
             if (a is None) != (b is None):
                 raise ValueError(f"cannot batch Cond: {f.name} is set in one and None in the other")
             out[f.name] = None if a is None else torch.cat([a, b.to(a.dtype)])
-        return Cond(**out)
+        return type(self)(**out)  # subclasses (TextCond) keep their type and fields
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cond:
         """Move every tensor (floating-point ones are cast to ``dtype`` when given)."""

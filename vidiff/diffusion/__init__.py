@@ -1,9 +1,20 @@
 """vidiff.diffusion: the diffusion math on torch (EDM / DDPM / DDIM / DPM-Solver++), no networks.
 
-The denoiser contract is ``D(x, sigma (B,), cond) -> x0``; see ``docs/architecture.md``.
+The denoiser contract is ``D(x, sigma (B,) or per frame (B, T), cond) -> x0``; see ``docs/architecture.md``.
 """
 
 from vidiff.diffusion.denoiser import Denoiser, DenoiserFn, KnownValuesDenoiser, expand_sigma
+from vidiff.diffusion.flow_matching import (
+    FlowScaling,
+    FlowTimeScaling,
+    flow_add_noise,
+    flow_euler_times,
+    flow_time_to_sigma,
+    flow_unipc_times,
+    sample_flow_unipc,
+    shift_flow_time,
+    sigma_to_flow_time,
+)
 from vidiff.diffusion.guidance import (
     FRAME_SCALES,
     CFGDenoiser,
@@ -86,6 +97,8 @@ __all__ = [
     "EDMWeighting",
     "EpsScaling",
     "EpsWeighting",
+    "FlowScaling",
+    "FlowTimeScaling",
     "KnownValuesDenoiser",
     "Scaling",
     "UnitWeighting",
@@ -104,6 +117,10 @@ __all__ = [
     "denoising_loss",
     "edm_add_noise",
     "expand_sigma",
+    "flow_add_noise",
+    "flow_euler_times",
+    "flow_time_to_sigma",
+    "flow_unipc_times",
     "frame_scales",
     "initial_noise_scale",
     "karras_sigmas",
@@ -115,12 +132,15 @@ __all__ = [
     "sample_dpmpp_2m",
     "sample_euler",
     "sample_euler_ancestral",
+    "sample_flow_unipc",
     "sample_heun",
     "sampler_by_name",
     "scaled_linear_betas",
     "scaling_by_name",
     "scaling_from_config",
+    "shift_flow_time",
     "sigma_from_alpha_bar",
+    "sigma_to_flow_time",
     "to_d",
     "triangle_frame_scales",
     "weighting_by_name",

@@ -1,6 +1,8 @@
 """vidiff.networks: backbones ``F(x, c_noise, cond) -> F_x`` (see docs/architecture.md)."""
 
+from vidiff.networks.dit_wan import WAN_PRESETS, WanConfig, WanTransformer3D
 from vidiff.networks.unet_config import UNET_PRESETS, UNetConfig
 from vidiff.networks.unet_st import UNetSpatioTemporal, VideoCond, count_parameters
 
-__all__ = ["UNET_PRESETS", "UNetConfig", "UNetSpatioTemporal", "VideoCond", "count_parameters"]
+__all__ = ["UNET_PRESETS", "WAN_PRESETS", "UNetConfig", "UNetSpatioTemporal", "VideoCond", "WanConfig",
+           "WanTransformer3D", "count_parameters"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -20,3 +21,14 @@ def build_named(registry: Mapping[str, Callable[..., T]], name: str, family: str
     factory = registry[name]
     accepted = inspect.signature(factory).parameters
     return factory(**{k: v for k, v in options.items() if k in accepted})
+
+
+def dataclass_from_config(cls: type[T], config: Mapping[str, Any], ignored: frozenset[str], what: str) -> T:
+    """``cls(**config)`` for a config dataclass read from JSON: ``ignored`` bookkeeping keys are dropped and an
+    unknown key is a ``ValueError`` naming it (``what``: the class the JSON describes, e.g. its diffusers name)."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kept = {k: v for k, v in config.items() if k not in ignored}
+    unknown = sorted(set(kept) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {unknown}")
+    return cls(**kept)

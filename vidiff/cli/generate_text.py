@@ -1,0 +1,119 @@
+"""``vidiff generate --prompt TEXT --model WAN``: text-to-video (and Wan image-to-video with ``--image``).
+
+The flags shared with image-to-video keep their meaning (``--height``, ``--width``, ``--num-frames``,
+``--steps``, ``--seed``, ``--fps``, ``--output``, ``--device``, ``--dtype``); the defaults are diffusers' Wan
+ones (480×832, 81 frames, 50 steps, guidance 5, 16 fps). Bad input is a one-line error (exit code 2),
+checked before any model is loaded where it can be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from vidiff.cli.main import CLIError
+from vidiff.io.atomic import write_json_atomic
+from vidiff.io.video import check_video_output, video_format_for, write_video
+
+__all__ = ["add_text_arguments", "run_text", "text_requested"]
+
+WAN_DEFAULTS = {"height": 480, "width": 832, "num_frames": 81, "num_inference_steps": 50, "fps": 16, "seed": 0}
+
+
+def add_text_arguments(p: argparse.ArgumentParser) -> None:
+    """The text-to-video flags (their own group; the others are shared with image-to-video)."""
+    g = p.add_argument_group("text-to-video (Wan 2.x models)")
+    g.add_argument("--prompt", default=None, help="what the video shows (needs a model with a text encoder)")
+    g.add_argument("--negative-prompt", default=None, help="what it should not show (default: empty)")
+    g.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5.0)")
+    g.add_argument("--guidance-scale-2", type=float, default=None,
+                   help="guidance of Wan 2.2's low-noise expert (default: --guidance-scale)")
+    g.add_argument("--vae", default=None, help="the VAE of an original-layout Wan transformer file")
+    g.add_argument("--flow-shift", type=float, default=None,
+                   help="timestep shift (default: the model's scheduler config, else 5.0)")
+
+
+def text_requested(args: argparse.Namespace) -> bool:
+    return getattr(args, "prompt", None) is not None
+
+
+def _value(args: argparse.Namespace, name: str) -> int:
+    value = getattr(args, name, None)
+    return WAN_DEFAULTS[name] if value is None else value
+
+
+def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path]:
+    """What can be checked without loading a model."""
+    from vidiff.pipelines.text_to_video import check_num_frames
+
+    if not args.prompt.strip():
+        raise CLIError("--prompt is empty")
+    if args.model is None:
+        raise CLIError("--prompt needs --model: a Wan text-to-video model (diffusers folder or original file)")
+    if args.output is None:
+        raise CLIError("--output is required")
+    try:
+        check_num_frames(_value(args, "num_frames"))
+    except ValueError as e:
+        raise CLIError(f"--num-frames: {e}") from None
+    if _value(args, "num_inference_steps") < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.num_inference_steps}")
+    output = Path(args.output)
+    try:
+        video_format_for(output)
+        check_video_output(output)
+    except ValueError as e:
+        raise CLIError(f"--output: {e}") from None
+    model = Path(args.model)
+    if not model.exists():
+        raise CLIError(f"--model {model}: no such file or folder")
+    return model, output
+
+
+def run_text(args: argparse.Namespace) -> int:
+    """Generate from ``--prompt``; prints the output path and the seconds taken."""
+    model, output = _check_cheap(args)
+
+    import torch
+
+    from vidiff.io.weights import CheckpointError
+    from vidiff.pipelines.wan_loading import is_wan_checkpoint, load_wan_pipeline
+
+    if not is_wan_checkpoint(model):
+        raise CLIError(f"--model {model} is not a text-to-video model with a text encoder (a Wan 2.x diffusers "
+                       "folder): --prompt cannot be used with it")
+    dtype = getattr(torch, args.dtype or "float32")
+    try:
+        pipe = load_wan_pipeline(model, vae=args.vae, dtype=dtype)
+    except (CheckpointError, OSError) as e:
+        raise CLIError(" ".join(str(e).split())) from None
+    if pipe.text is None:
+        raise CLIError(f"--model {model} has no text encoder (text_encoder/ and tokenizer/): --prompt needs one")
+    if args.flow_shift is not None:
+        pipe.flow_shift = args.flow_shift
+    image = None
+    if args.image is not None:
+        from vidiff.io.video import ImageError, read_image
+
+        try:
+            image = read_image(Path(args.image))
+        except ImageError as e:
+            raise CLIError(f"--image {e}") from None
+    settings = {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
+                "height": _value(args, "height"), "width": _value(args, "width"),
+                "num_frames": _value(args, "num_frames"), "num_inference_steps": _value(args, "num_inference_steps"),
+                "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2}
+    seed = _value(args, "seed")
+    start = time.perf_counter()
+    try:
+        frames = pipe(**settings, image=image, generator=torch.Generator().manual_seed(seed), output_type="pt").frames
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    seconds = time.perf_counter() - start
+    path = write_video(frames[0], output, fps=_value(args, "fps"))
+    sidecar = path / "settings.json" if video_format_for(output) == "png" else path.with_name(path.name + ".json")
+    write_json_atomic({**settings, "seed": seed, "flow_shift": pipe.flow_shift, "model": str(model),
+                       "fps": _value(args, "fps")}, sidecar)
+    print(f"{path} ({seconds:.1f} s)")
+    return 0
