@@ -46,6 +46,7 @@ __all__ = [
     "ImageError",
     "VideoError",
     "VideoInfo",
+    "av_frames",
     "check_video_output",
     "is_frames_folder",
     "probe_video",
@@ -408,22 +409,33 @@ def read_video(path: str | os.PathLike, *, max_frames: int | None = None, stride
     else:
         container, stream = _open_av(p)
         with container:
-            stream.thread_type = "AUTO"
             src_fps = probe_video(p).fps if stream.codec_context.name == "gif" else _fps(stream, None)
-            try:
-                for i, frame in enumerate(container.decode(stream)):
-                    if last is not None and i > last:
-                        break
-                    if wanted(i):
-                        out.append(_to_rgb(frame))
-            except av.error.FFmpegError as e:
-                if not out:
-                    raise VideoError(f"{p}: corrupt video ({e})") from e
-                warnings.warn(f"{p}: decoding stopped early ({e})", stacklevel=2)
+        for i, frame in enumerate(av_frames(p)):
+            if last is not None and i > last:
+                break
+            if wanted(i):
+                out.append(frame)
     if not out:
         raise VideoError(f"{p}: no frames at start={start} (stride={stride})")
     video = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div_(255)
     return video, src_fps / stride
+
+
+def av_frames(path: Path) -> Any:
+    """Decode an FFmpeg-readable file one frame at a time, ``(H, W, 3)`` uint8 RGB. ``VideoError`` when no
+    frame decodes; a decoding error after some frames ends the stream with a warning."""
+    container, stream = _open_av(path)
+    with container:
+        stream.thread_type = "AUTO"
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                count += 1
+                yield _to_rgb(frame)
+        except av.error.FFmpegError as e:
+            if not count:
+                raise VideoError(f"{path}: corrupt video ({e})") from e
+            warnings.warn(f"{path}: decoding stopped early ({e})", stacklevel=3)
 
 
 def _to_rgb(frame: Any) -> np.ndarray:
