@@ -18,11 +18,15 @@ ALLOWED: dict[str, set[str]] = {
     "autoencoders": {"utils", "io"},
     "conditioning": {"utils", "io"},
     "metrics": {"utils", "io"},
-    "pipelines": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning"},
+    "adapters": {"utils", "io", "networks"},  # LoRA / control adapters: never pipelines
+    "pipelines": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "adapters"},
     "training": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines",
-                 "metrics"},
+                 "metrics", "adapters"},
+    "serve": {"utils", "io", "pipelines"},  # the top, with cli: nothing but cli imports it
+    "postprocess": {"utils", "io", "metrics"},  # filters on finished videos (deflicker)
+    "export": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines"},  # ONNX
     "cli": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines", "training",
-            "metrics"},
+            "metrics", "serve", "adapters", "postprocess", "export"},
 }
 
 

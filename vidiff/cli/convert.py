@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from vidiff.cli.generate_adapters import LORA_TARGETS, add_lora_convert_arguments, convert_lora
 from vidiff.io.checkpoints import LAYOUTS, detect_layout, read_checkpoint, write_checkpoint
 from vidiff.io.weights import CheckpointError
+from vidiff.pipelines.wan_loading import convert_wan_transformer, is_wan_checkpoint
 
 EXIT_USAGE = 2
 
@@ -30,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("src", metavar="SRC", help="checkpoint to read (folder or .safetensors file)")
     p.add_argument("dst", metavar="DST", help="where to write the converted checkpoint")
-    p.add_argument("--to", required=True, choices=LAYOUTS, help="layout to write")
+    p.add_argument("--to", required=True, choices=LAYOUTS + LORA_TARGETS,
+                   help="layout to write (lora-*: SRC is a LoRA file, written in that format)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument(
         "--num-frames",
@@ -39,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="frame count to record in the UNet config (single files cannot tell SVD, 14, from "
         "SVD-XT, 25; default: 14, or 21 for SV3D)",
     )
+    add_lora_convert_arguments(p)
     return p
 
 
@@ -64,7 +68,14 @@ def run(args: argparse.Namespace) -> int:
                          "another path")
         if (dst.exists() or dst.is_symlink()) and not args.overwrite:
             return _fail(f"{dst}: already exists (pass --overwrite to replace it)")
+        if args.to in LORA_TARGETS:
+            print(convert_lora(args))
+            return 0
         start = time.perf_counter()
+        if is_wan_checkpoint(src):  # Wan 2.x transformer: diffusers <-> Wan's original key names
+            count = convert_wan_transformer(src, dst, args.to, overwrite=args.overwrite)
+            print(f"{src} (Wan) -> {dst} ({args.to}): {count} tensors in {time.perf_counter() - start:.1f} s")
+            return 0
         source_layout = detect_layout(src)
         ckpt = read_checkpoint(src, num_frames=args.num_frames)
         write_checkpoint(ckpt, dst, args.to, overwrite=args.overwrite)

@@ -9,6 +9,12 @@ from dataclasses import fields
 from pathlib import Path
 
 from vidiff import __version__
+from vidiff.cli.batch import add_batch_arguments, check_single_or_batch, run_batch
+from vidiff.cli.generate_adapters import adapter_record, add_adapter_arguments, apply_adapters, check_adapter_args
+from vidiff.cli.generate_long import add_long_arguments, check_long_arguments, long_requested, run_long
+from vidiff.cli.generate_post import add_postprocess_arguments, apply_postprocess, postprocess_config
+from vidiff.cli.generate_text import add_text_arguments, run_text, text_requested
+from vidiff.cli.generate_video import add_video_arguments, run_video, video_requested
 from vidiff.cli.main import CLIError
 from vidiff.io.atomic import write_json_atomic
 from vidiff.io.video import VIDEO_FORMATS, check_video_output, video_format_for, write_video
@@ -42,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "bundled default model. Unset options take the model's defaults, as the reference implementations "
         "set them. A JSON sidecar with every resolved setting is written beside the video.",
     )
-    p.add_argument("--image", required=True, help="input image (png, jpg, webp, ...)")
-    p.add_argument("--output", required=True,
+    p.add_argument("--image", default=None, help="input image (png, jpg, webp, ...); required unless --batch")
+    p.add_argument("--output", default=None,
                    help=f"output video ({', '.join('.' + f for f in VIDEO_FORMATS if f != 'png')}), or a folder "
                    "(a path ending in /) of png frames")
     p.add_argument("--model", default=None,
@@ -67,6 +73,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hw.add_argument("--attention-chunk", type=int, default=None,
                     help="sequences per attention/feed-forward call in the UNet (lower saves memory)")
     add_fast_path_arguments(p)
+    add_adapter_arguments(p)
+    add_postprocess_arguments(p)
+    add_batch_arguments(p)
+    add_long_arguments(p)
+    add_text_arguments(p)
+    add_video_arguments(p)
     p.add_argument("--settings", default=None, help="a sidecar JSON from an earlier run to repeat")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -202,7 +214,17 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
 
 
 def run(args: argparse.Namespace) -> int:
+    if text_requested(args):
+        return run_text(args)
+    if video_requested(args):
+        return run_video(args)
+    check_single_or_batch(args)
+    if args.batch is not None:
+        return run_batch(args)  # each job comes back here with its --image and --output
     image_path, output, settings, device = _check_cheap(args)
+    check_long_arguments(args, image_path)
+    loras = check_adapter_args(args)
+    post = postprocess_config(args)
 
     import torch
 
@@ -219,7 +241,10 @@ def run(args: argparse.Namespace) -> int:
                                                     fast_path=fast, vae_dtype=torch.float32)
     except (ValueError, OSError) as e:
         raise CLIError(str(e)) from None
+    apply_adapters(pipe, loras, args.lora_partial)
     image = read_image(image_path)
+    if long_requested(args, settings.num_frames, pipe.default_settings().num_frames):
+        return run_long(args, pipe, image, image_path, output, settings, model)
     start = time.perf_counter()
     try:
         result = pipe(
@@ -229,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - start
-    frames = result.frames[0]
+    frames, post_record = apply_postprocess(result.frames[0], post)
     resolved = result.settings
     try:
         write_video(frames, output, fps=resolved.fps)
@@ -243,20 +268,27 @@ def run(args: argparse.Namespace) -> int:
         "image": str(image_path),
         "image_sha256": _sha256(image_path),
         "output": str(output),
+        **adapter_record(pipe),  # each LoRA: path, file hash, scale, base-model hash
         **result.run,  # device, dtypes, memory plan, tiling, attention chunk, fast path, torch version
         "generation_seconds": round(seconds, 3),
         "settings": resolved.to_dict(),
+        **post_record,
     }
-    try:
-        write_json_atomic(sidecar, sidecar_path(output))
-    except OSError as e:
-        raise CLIError(f"wrote {output}, but not its settings file {sidecar_path(output)}: {e.strerror or e}") from None
+    write_sidecar(sidecar, output)
     if not args.quiet:
         print(f"wrote {output} ({frames.shape[0]} frames, {frames.shape[-1]}x{frames.shape[-2]}, "
               f"{resolved.fps} fps) in {seconds:.1f} s; settings in {sidecar_path(output)}")
         budget = f" (chosen for --max-memory {args.max_memory})" if args.max_memory else ""
         print(f"memory controls: {result.memory_plan.describe()}{budget}")
     return 0
+
+
+def write_sidecar(sidecar: dict, output: Path) -> None:
+    """Write the settings file of ``output`` (already written: a failure says so and names both files)."""
+    try:
+        write_json_atomic(sidecar, sidecar_path(output))
+    except OSError as e:
+        raise CLIError(f"wrote {output}, but not its settings file {sidecar_path(output)}: {e.strerror or e}") from None
 
 
 def sidecar_path(output: Path) -> Path:

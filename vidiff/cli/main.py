@@ -21,6 +21,11 @@ COMMANDS: dict[str, str] = {
     "train": "Train or fine-tune a video diffusion model from a YAML config.",
     "convert": "Convert a checkpoint between the diffusers, single-file and vidiff layouts.",
     "info": "Print what a checkpoint is: layout, model type, configs, parameter counts.",
+    "convert-weights": "Convert the weights of a metric network (I3D for FVD, Inception for FID) to safetensors.",
+    "eval": "Measure videos (FVD, FID, flicker, motion, seams, drift) and write an HTML report.",
+    "serve": "Serve image-to-video as an HTTP job service with a web page (queue, progress, cancel).",
+    "deflicker": "Remove frame-to-frame brightness and colour flicker from a video (streaming).",
+    "export": "Export a model's UNet, VAE decoder and image encoder to ONNX (onnxruntime, TensorRT).",
 }
 
 EXIT_USAGE = 2
@@ -31,7 +36,7 @@ class CLIError(Exception):
 
 
 def _load(name: str) -> ModuleType:
-    return importlib.import_module(f"vidiff.cli.{name}")
+    return importlib.import_module(f"vidiff.cli.{name.replace('-', '_')}")  # convert-weights: convert_weights.py
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -13,10 +13,14 @@ _EXPORTS = {
     "ImageToVideoOutput": "vidiff.pipelines.image_to_video",
     "bundled_model_path": "vidiff.pipelines.image_to_video",
     "GenerationSettings": "vidiff.pipelines.settings",
+    "generate_long_video": "vidiff.pipelines.long_video_pipeline",
+    "LongVideoResult": "vidiff.pipelines.long_video_pipeline",
     "MemoryPlan": "vidiff.pipelines.memory",
     "plan_for_budget": "vidiff.pipelines.memory",
     "load_model": "vidiff.pipelines.loading",
     "LoadedModel": "vidiff.pipelines.loading",
+    "TextToVideoPipeline": "vidiff.pipelines.text_to_video",
+    "load_wan_pipeline": "vidiff.pipelines.wan_loading",
 }
 
 __all__ = sorted(_EXPORTS)
