@@ -85,13 +85,13 @@ def end_latent(pipe: Any, start: Any, end: Any, height: int, width: int) -> Any:
 
 def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, output: Path,
              settings: Any, model: Any) -> int:
-    """Generate, write the video and its sidecar (settings with the full ``num_frames``, plus ``long_video``:
-    mode, window, overlap and the segment or keyframe indices)."""
-    import torch
+    """Generate, stream the frames to the video file and write its sidecar (settings with the full
+    ``num_frames``, plus ``long_video``: mode, window, overlap and the segment or keyframe indices)."""
 
     from vidiff import __version__
     from vidiff.cli.generate import _sha256, sidecar_path, write_sidecar
-    from vidiff.io.video import read_image, write_video
+    from vidiff.io.video import read_image
+    from vidiff.io.video_stream import VideoStreamWriter
     from vidiff.pipelines.long_video_pipeline import generate_long_video
 
     window = pipe.default_settings().merged(settings.__class__(num_frames=None)).num_frames
@@ -108,21 +108,19 @@ def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, 
     window_settings = settings.merged(settings.__class__(num_frames=window))
     resolved = pipe._resolve(window_settings)
     latent = None if end is None else end_latent(pipe, image, end, resolved.height, resolved.width)
-    frames: list[torch.Tensor] = []
     start = time.perf_counter()
     try:
-        result = generate_long_video(
-            pipe, image, num_frames, frames.append, mode=mode, overlap=overlap, end_image=end,
-            end_latent=latent, settings=window_settings, progress=not args.quiet, offload=args.offload,
-            max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
+        # frames go to the encoder as each window makes them final: memory is one window's, not the video's
+        with VideoStreamWriter(output, resolved.fps, num_frames) as writer:
+            result = generate_long_video(
+                pipe, image, num_frames, writer.push, mode=mode, overlap=overlap, end_image=end,
+                end_latent=latent, settings=window_settings, progress=not args.quiet, offload=args.offload,
+                max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    seconds = time.perf_counter() - start
-    video = torch.cat(frames)
-    try:
-        write_video(video, output, fps=result.settings.fps)
-    except (ValueError, OSError) as e:
+    except OSError as e:
         raise CLIError(f"cannot write {output}: {e}") from None
+    seconds = time.perf_counter() - start
     record = dict(result.record)
     if args.end_image:
         record["end_image"] = str(args.end_image)

@@ -5,13 +5,16 @@ feeds its readers and writers one frame at a time instead of a whole ``(T, C, H,
 
 * :func:`iter_video` yields ``(3, H, W)`` float frames in [0, 1], decoding one at a time;
 * :func:`write_video_stream` pulls frames from an iterator and encodes each as it arrives (mp4, webm and
-  png folders). GIF (one palette computed from all frames) and animated WebP (Pillow saves a list) cannot
-  be encoded incrementally: for those the frames are gathered first, which the docstring says.
+  png folders); :class:`VideoStreamWriter` is the same for a producer that pushes frames (a sampler's
+  callback), encoding on a background thread. GIF (one palette computed from all frames) and animated WebP
+  (Pillow saves a list) cannot be encoded incrementally: for those the frames are gathered first.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from vidiff.io.video import (
     write_video,
 )
 
-__all__ = ["STREAMED_FORMATS", "iter_video", "write_video_stream"]
+__all__ = ["STREAMED_FORMATS", "VideoStreamWriter", "iter_video", "write_video_stream"]
 
 STREAMED_FORMATS = ("mp4", "webm", "png")  # encoded one frame at a time; gif and webp are gathered first
 
@@ -121,3 +124,87 @@ def write_video_stream(frames: Iterable[Any], path: str | os.PathLike, fps: floa
         with atomic_file(out) as tmp:
             _write_av(source, str(tmp), rate, fmt, None, None, {})  # type: ignore[arg-type]
     return out
+
+
+class _Abort(Exception):
+    """Raised inside the encoder's frame iterator when the producer gives up: nothing is written."""
+
+
+_END = object()
+
+
+class VideoStreamWriter:
+    """Push ``num_frames`` frames into :func:`write_video_stream` as a producer makes them.
+
+    ``push`` takes ``(n, C, H, W)`` frames (uint8, or float in [0, 1]); an encoder thread writes each as it
+    arrives, so memory holds at most ``buffer`` frames, not the clip. Use as a context manager: a clean exit
+    waits for the file (raising the encoder's error, if any); an exception, or fewer frames than announced,
+    writes nothing and leaves an existing file at ``path`` as it was.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, num_frames: int, *, buffer: int = 32,
+                 format: str | None = None) -> None:
+        fmt = _format_of(path, format)
+        _check_target(Path(path), fmt)  # refuse a bad target before any frame is made
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, buffer))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._encode, args=(path, fps, num_frames, fmt), daemon=True)
+        self._thread.start()
+
+    def _frames(self) -> Iterator[Any]:
+        while (item := self._queue.get()) is not _END:
+            if isinstance(item, _Abort):
+                raise item
+            yield item
+
+    def _encode(self, path: str | os.PathLike, fps: float, num_frames: int, fmt: str) -> None:
+        try:
+            write_video_stream(self._frames(), path, fps, num_frames, format=fmt)
+        except BaseException as e:  # handed to the producer at its next push or at close
+            self._error = e
+            while self._thread.is_alive() and not self._queue.empty():
+                self._queue.get_nowait()  # unblock a producer waiting on a full queue
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the video encoder stopped") from self._error
+
+    def push(self, frames: Any) -> None:
+        """Queue each frame of ``frames`` (``(n, C, H, W)``) for encoding; raises the encoder's error."""
+        for frame in frames:
+            self._put(frame)
+
+    def close(self) -> None:
+        """Finish the file: wait for the encoder and raise its error (a frame count short of the one announced
+        is a ``ValueError`` and writes nothing)."""
+        if self._thread.is_alive():
+            self._put(_END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Give up: the encoder stops and removes its temporary output; ``path`` keeps what it held."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(_Abort(), timeout=0.2)
+                break
+            except queue.Full:
+                continue  # the encoder is still taking frames: it will make room
+        self._thread.join()
+
+    def __enter__(self) -> VideoStreamWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
