@@ -228,3 +228,33 @@ def test_models_folder_is_listed_by_name(tmp_path: Path) -> None:
     assert list(models) == ["bundled", "sv3d_u", "svd-xt"]
     with pytest.raises(ValueError, match="not a folder"):
         model_registry([tmp_path / "notes.txt"], None)
+
+
+def test_long_video_job_equals_the_cli_and_cancels_between_frames(server: Server, tmp_path: Path) -> None:
+    """More frames than the bundled model's 14: the job runs the long-video path the CLI runs."""
+    settings = {**QUICK, "num_frames": "20", "num_inference_steps": "2"}
+    assert server.submit({**settings, "long_mode": "sideways"}).status_code == 422  # named in the error
+    job_id = server.submit({**settings, "long_mode": "chain"}).json()["id"]
+    events = server.events(job_id)
+    frames_done = [e["step"] for e in events if e["event"] == "progress" and e["phase"] == "frames"]
+    assert frames_done and frames_done[-1] == 20 and frames_done == sorted(frames_done)
+    assert len(frames_done) >= 2  # windows handed over as they became final, not one video at the end
+    job = server.wait(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["sidecar"]["long_video"]["long_mode"] == "chain" and job["sidecar"]["settings"]["num_frames"] == 20
+    served = tmp_path / "served.webm"
+    served.write_bytes(server.client.get(f"/v1/jobs/{job_id}/video").content)
+    cli = tmp_path / "cli.webm"
+    subprocess.run([sys.executable, "-m", "vidiff.cli.main", "generate", "--image", str(PHOTO), "--output", str(cli),
+                    "--height", "64", "--width", "64", "--num-frames", "20", "--steps", "2", "--seed", "5",
+                    "--long-mode", "chain", "--device", "cpu", "--quiet"], check=True, env=ENV)
+    (a, _), (b, _) = read_video(served), read_video(cli)
+    assert a.shape == (20, 3, 64, 64) and np.array_equal(a.numpy(), b.numpy())
+    assert job["sidecar"]["long_video"] == json.loads((tmp_path / "cli.webm.json").read_text())["long_video"]
+
+    fifo = server.submit({**settings, "num_frames": "200", "long_mode": "fifo"}).json()["id"]
+    server.wait(fifo, ("running",), min_step=1)
+    assert server.client.post(f"/v1/jobs/{fifo}/cancel").status_code == 202
+    job = server.wait(fifo)
+    assert job["status"] == "cancelled" and job["step"] < 200
+    assert sorted(p.name for p in (server.data / "jobs" / fifo).iterdir()) == ["input.png"]

@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     apply_adapters(pipe, loras, args.lora_partial)
     image = read_image(image_path)
-    if long_requested(args, settings.num_frames, pipe.default_settings().num_frames):
+    if long_requested(args, pipe, settings):
         return run_long(args, pipe, image, image_path, output, settings, model)
     start = time.perf_counter()
     try:

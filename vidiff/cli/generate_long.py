@@ -14,9 +14,7 @@ from typing import Any
 
 from vidiff.cli.main import CLIError
 from vidiff.pipelines.long_video import LONG_MODES
-
-DEFAULT_LONG_MODE = "fifo"  # lowest seam ratio on the bundled model in every run (README, "Long videos")
-DEFAULT_OVERLAP = 4
+from vidiff.pipelines.long_video_pipeline import DEFAULT_LONG_MODE, DEFAULT_OVERLAP
 
 
 def add_long_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,9 +62,10 @@ def _replay_long_options(args: argparse.Namespace) -> None:
         args.overlap = recorded["overlap"]
 
 
-def long_requested(args: argparse.Namespace, num_frames: int | None, window: int) -> bool:
-    return args.end_image is not None or (num_frames is not None and num_frames > window) or \
-        args.long_mode is not None
+def long_requested(args: argparse.Namespace, pipe: Any, settings: Any) -> bool:
+    from vidiff.pipelines.long_video_pipeline import is_long
+
+    return is_long(pipe, settings, args.long_mode, args.end_image is not None)
 
 
 def end_latent(pipe: Any, start: Any, end: Any, height: int, width: int) -> Any:
@@ -92,29 +91,24 @@ def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, 
     from vidiff.cli.generate import _sha256, sidecar_path, write_sidecar
     from vidiff.io.video import read_image
     from vidiff.io.video_stream import VideoStreamWriter
-    from vidiff.pipelines.long_video_pipeline import generate_long_video
+    from vidiff.pipelines.long_video_pipeline import generate_long_video, plan_long_run
 
-    window = pipe.default_settings().merged(settings.__class__(num_frames=None)).num_frames
-    num_frames = settings.num_frames or window
-    # an end image: keyframes, whose first pass spans the whole video with both ends (bidirectional)
-    mode = args.long_mode or ("keyframes" if args.end_image else DEFAULT_LONG_MODE)
-    overlap = args.overlap if args.overlap is not None else min(DEFAULT_OVERLAP, window - 1)
-    if not 0 < overlap < window:  # refused in every mode: only chain uses it, but a bad value is a mistake
-        raise CLIError(f"--overlap {overlap} must be smaller than the segment length {window} (the model's clip "
-                       "length)")
-    if num_frames <= window:  # one window: an end image makes it a first-and-last-frame clip
-        window, mode = num_frames, "keyframes"
+    try:
+        run = plan_long_run(pipe, settings, mode=args.long_mode, overlap=args.overlap,
+                            end_image=args.end_image is not None)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    num_frames, window, mode = run.num_frames, run.window, run.mode
     end = read_image(args.end_image) if args.end_image else None
-    window_settings = settings.merged(settings.__class__(num_frames=window))
-    resolved = pipe._resolve(window_settings)
+    resolved = pipe._resolve(run.settings)
     latent = None if end is None else end_latent(pipe, image, end, resolved.height, resolved.width)
     start = time.perf_counter()
     try:
         # frames go to the encoder as each window makes them final: memory is one window's, not the video's
         with VideoStreamWriter(output, resolved.fps, num_frames) as writer:
             result = generate_long_video(
-                pipe, image, num_frames, writer.push, mode=mode, overlap=overlap, end_image=end,
-                end_latent=latent, settings=window_settings, progress=not args.quiet, offload=args.offload,
+                pipe, image, num_frames, writer.push, mode=mode, overlap=run.overlap, end_image=end,
+                end_latent=latent, settings=run.settings, progress=not args.quiet, offload=args.offload,
                 max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
     except ValueError as e:
         raise CLIError(str(e)) from None

@@ -35,6 +35,47 @@ logger = logging.getLogger(__name__)
 
 FrameSink = Callable[[torch.Tensor], None]
 
+DEFAULT_LONG_MODE = "fifo"  # lowest seam ratio on the bundled model in every run (README, "Long videos")
+DEFAULT_OVERLAP = 4
+
+
+@dataclass(frozen=True)
+class LongRun:
+    """How a long run is laid out: ``num_frames`` in all, windows of ``window`` frames (the model's clip
+    length), ``mode``, ``overlap``, and ``settings`` for one window."""
+
+    num_frames: int
+    window: int
+    mode: str
+    overlap: int
+    settings: GenerationSettings
+
+
+def plan_long_run(pipe: ImageToVideoPipeline, settings: GenerationSettings, *, mode: str | None = None,
+                  overlap: int | None = None, end_image: bool = False) -> LongRun:
+    """The one place the defaults of a long run are chosen (the CLI, the service and the Python API call it):
+    windows of the model's clip length, ``DEFAULT_LONG_MODE`` (keyframes when the video ends on a given image:
+    its first pass spans the whole video with both ends), ``DEFAULT_OVERLAP``. ``ValueError`` names a bad
+    overlap; a video no longer than one window is one keyframes window (a first-and-last-frame clip)."""
+    window = pipe.default_settings(settings.behaviour or "diffusers").num_frames
+    num_frames = settings.num_frames or window
+    mode = mode or ("keyframes" if end_image else DEFAULT_LONG_MODE)
+    overlap = overlap if overlap is not None else min(DEFAULT_OVERLAP, window - 1)
+    if not 0 < overlap < window:  # refused in every mode: only chain uses it, but a bad value is a mistake
+        raise ValueError(f"--overlap {overlap} must be smaller than the segment length {window} (the model's "
+                         "clip length)")
+    if num_frames <= window:
+        window, mode = num_frames, "keyframes"
+    check_long_options(num_frames, window, mode, overlap)
+    return LongRun(num_frames, window, mode, overlap, settings.merged(GenerationSettings(num_frames=window)))
+
+
+def is_long(pipe: ImageToVideoPipeline, settings: GenerationSettings, mode: str | None = None,
+            end_image: bool = False) -> bool:
+    """Whether a run needs the long-video path: more frames than the model's window, a mode, or an end image."""
+    window = pipe.default_settings(settings.behaviour or "diffusers").num_frames
+    return end_image or mode is not None or (settings.num_frames is not None and settings.num_frames > window)
+
 
 @dataclass
 class LongVideoResult:

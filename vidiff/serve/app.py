@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from vidiff import __version__
+from vidiff.pipelines.long_video import LONG_MODES
 from vidiff.pipelines.settings import GenerationSettings, SettingError
 from vidiff.serve.store import FINISHED, JOB_ID, IdempotencyConflict, JobStore, QueueFull
 from vidiff.serve.worker import BUNDLED, VIDEO_FORMATS, Events, PipelineCache, Worker
@@ -45,6 +46,7 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' b
 _PARSERS = {"int | None": int, "float | None": float, "str | None": str}  # as vidiff generate's argparse types
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,199}")
 SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings))
+JOB_FIELDS = ("model", "format", "long_mode")  # form fields besides the settings
 
 
 @dataclass
@@ -175,21 +177,24 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/jobs", status_code=201)
     async def submit(request: Request) -> JSONResponse:
-        form = await request.form(max_files=1, max_fields=len(SETTING_NAMES) + 4)
+        form = await request.form(max_files=1, max_fields=len(SETTING_NAMES) + len(JOB_FIELDS) + 2)
         image = form.get("image")
         if not isinstance(image, UploadFile):
             raise HTTPException(422, "the form needs an 'image' file")
         text = {k: v for k, v in form.items() if k != "image"}
-        unknown = sorted(set(text) - {*SETTING_NAMES, "model", "format"})
+        unknown = sorted(set(text) - {*SETTING_NAMES, *JOB_FIELDS})
         if unknown or any(not isinstance(v, str) for v in text.values()):
             raise HTTPException(422, f"unknown form field(s): {', '.join(unknown) or 'a second file'}; "
-                                     f"settings are {', '.join(SETTING_NAMES)}, plus model and format")
+                                     f"settings are {', '.join(SETTING_NAMES)}, plus {', '.join(JOB_FIELDS)}")
         model = text.pop("model", "") or BUNDLED
         if model not in config.models:
             raise HTTPException(422, f"unknown model {model!r}: choose one of {', '.join(config.models)}")
         video_format = text.pop("format", "") or "webm"
         if video_format not in VIDEO_FORMATS:
             raise HTTPException(422, f"format must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}")
+        long_mode = text.pop("long_mode", "") or None
+        if long_mode is not None and long_mode not in LONG_MODES:
+            raise HTTPException(422, f"long_mode must be one of {', '.join(LONG_MODES)}, got {long_mode!r}")
         try:
             settings = parse_settings(text)
         except SettingError as e:
@@ -211,7 +216,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
             raise HTTPException(422, "Idempotency-Key must be 1-200 letters, digits, '-', '_', ':' or '.' "
                                      f"(not starting with '.'), got {key[:200]!r}")
-        given = settings.to_dict()
+        given = settings.to_dict() | ({"long_mode": long_mode} if long_mode else {})
         digest = hashlib.sha256(data + json.dumps([model, video_format, given], sort_keys=True).encode()).hexdigest()
         job_id = store.new_id()
         folder = store.job_dir(job_id)
@@ -323,7 +328,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         except (ValueError, OSError) as e:
             raise HTTPException(500, f"model {name!r} cannot be loaded: {e}") from None
         return {"name": name, "defaults": pipe.default_settings().to_dict(), "size_multiple": pipe.size_multiple,
-                "formats": list(VIDEO_FORMATS)}
+                "formats": list(VIDEO_FORMATS), "long_modes": list(LONG_MODES)}
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

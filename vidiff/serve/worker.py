@@ -3,7 +3,9 @@
 A job runs as ``vidiff generate`` runs it (the same pipeline call with the same settings, the same
 ``write_video``), so its video equals the CLI's. Progress is recorded per sampler step (``callback``) and
 published as events; cancellation is checked in ``callback_on_step_end``, so a running job stops at its next
-step, and its partial files are removed. Models are chosen by name from a fixed registry, never by path.
+step, and its partial files are removed. A job with more frames than the model's clip (or a ``long_mode``)
+runs as ``vidiff generate``'s long videos run, its frames streamed to the encoder. Models are chosen by
+name from a fixed registry, never by path.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 from vidiff import __version__
 from vidiff.io.atomic import write_json_atomic
 from vidiff.io.video import read_image, write_video
+from vidiff.io.video_stream import VideoStreamWriter
+from vidiff.pipelines.long_video_pipeline import generate_long_video, is_long, plan_long_run
 from vidiff.pipelines.settings import GenerationSettings
 from vidiff.serve.store import Job, JobStore
 
@@ -165,18 +169,42 @@ class Worker(threading.Thread):
 
     def _generate(self, job: Job, folder: Path) -> dict[str, Any]:
         pipe = self.cache.get(job.model, self.device)
-        settings = GenerationSettings.from_dict(job.settings)
+        given = dict(job.settings)
+        long_mode = given.pop("long_mode", None)  # a long-video job (``vidiff generate --long-mode``)
+        settings = GenerationSettings.from_dict(given)
         image_path = folder / job.input_name
         image = read_image(image_path)
         self.store.progress(job.id, phase="encode")
         self._state(job.id)
         start = time.perf_counter()
+        output = folder / f"video.{job.video_format}"
+        extra: dict[str, Any] = {}
+        if is_long(pipe, settings, long_mode):
+            resolved, num_frames, run, extra["long_video"] = self._generate_long(job, pipe, image, settings,
+                                                                                 long_mode, output)
+        else:
+            resolved, num_frames, run = self._generate_clip(job, pipe, image, settings, output)
+        sidecar = {
+            "vidiff_version": __version__, "model": job.model, "image": job.input_name,
+            "image_sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(), "output": output.name,
+            **run, "generation_seconds": round(time.perf_counter() - start, 3),
+            "settings": {**resolved.to_dict(), "num_frames": num_frames}, **extra,
+        }
+        write_json_atomic(sidecar, folder / f"{output.name}.json")
+        return sidecar
+
+    def _progress(self, job_id: str, step: int, total: int, phase: str) -> None:
+        self.store.progress(job_id, phase=phase, step=step, total=total)
+        self.events.publish(job_id, {"event": "progress", "id": job_id, "step": step, "total": total,
+                                     "phase": phase})
+
+    def _generate_clip(self, job: Job, pipe: Any, image: Any, settings: GenerationSettings,
+                       output: Path) -> tuple[GenerationSettings, int, dict[str, Any]]:
+        """One clip of the model's length: progress per sampler step, cancel at the next step."""
 
         def on_step(info: dict[str, Any]) -> None:
             step, total = info["i"] + 1, pipe.num_timesteps
-            self.store.progress(job.id, phase="denoise" if step < total else "decode", step=step, total=total)
-            self.events.publish(job.id, {"event": "progress", "id": job.id, "step": step, "total": total,
-                                         "phase": "denoise" if step < total else "decode"})
+            self._progress(job.id, step, total, "denoise" if step < total else "decode")
 
         def check_cancel(_pipe: Any, _i: int, _t: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
             if self.store.cancel_requested(job.id):
@@ -189,13 +217,27 @@ class Worker(threading.Thread):
                           callback_on_step_end=check_cancel, callback_on_step_end_tensor_inputs=())
         if self.store.cancel_requested(job.id):  # asked for during the decode
             raise JobCancelled(job.id)
-        seconds = time.perf_counter() - start
-        output = folder / f"video.{job.video_format}"
         write_video(result.frames[0], output, fps=result.settings.fps)
-        sidecar = {
-            "vidiff_version": __version__, "model": job.model, "image": job.input_name,
-            "image_sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(), "output": output.name,
-            **result.run, "generation_seconds": round(seconds, 3), "settings": result.settings.to_dict(),
-        }
-        write_json_atomic(sidecar, folder / f"{output.name}.json")
-        return sidecar
+        return result.settings, result.settings.num_frames, result.run
+
+    def _generate_long(self, job: Job, pipe: Any, image: Any, settings: GenerationSettings, mode: str | None,
+                       output: Path) -> tuple[GenerationSettings, int, dict[str, Any], dict[str, Any]]:
+        """A long video as ``vidiff generate --num-frames N --long-mode M`` makes it: frames stream to the
+        encoder as they become final; progress counts final frames; cancel stops at the next batch of them."""
+        run = plan_long_run(pipe, settings, mode=mode)
+        done = 0
+
+        def on_frames(frames: Any) -> None:
+            nonlocal done
+            if self.store.cancel_requested(job.id):
+                raise JobCancelled(job.id)
+            writer.push(frames)
+            done += len(frames)
+            self._progress(job.id, done, run.num_frames, "frames")
+
+        with warnings.catch_warnings(), \
+                VideoStreamWriter(output, pipe._resolve(run.settings).fps, run.num_frames) as writer:
+            warnings.simplefilter("ignore")
+            result = generate_long_video(pipe, image, run.num_frames, on_frames, mode=run.mode,
+                                         overlap=run.overlap, settings=run.settings, progress=False)
+        return result.settings, run.num_frames, result.run, result.record

@@ -88,6 +88,7 @@ async function submit(event) {
   form.append("image", $("image").files[0]);
   form.append("model", $("model").value);
   form.append("format", $("format").value);
+  if ($("long_mode").value !== "") form.append("long_mode", $("long_mode").value);
   for (const input of $("settings").querySelectorAll("input")) {
     if (input.value !== "") form.append(input.name, input.value);
   }
