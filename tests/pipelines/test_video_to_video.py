@@ -94,15 +94,17 @@ def test_tiny_svd_model_holds_the_conditioning_image(tiny, clip) -> None:
     reference = _at_size(photo, 32, 32)
     assert torch.equal(out.frames[0], reference[0] / 2 + 0.5)
     assert torch.equal(out.latents[0, 0], tiny._image_latents(reference)[0])  # held clean, bit for bit
-    assert out.frames.shape == (3, 3, 32, 32) and out.record["conditioning"] == "image"
-    same = v2v.video_to_video(tiny, video, 0.0, fps=fps, image=photo, settings=TINY, progress=False)
+    assert out.frames.shape == (4, 3, 32, 32) and out.record["conditioning"] == "image"  # every input frame
+    assert out.record["windows"] == [[0, 2], [1, 3]]
+    same = v2v.video_to_video(tiny, video, 0.0, fps=fps, image=photo, settings=TINY, progress=False,
+                              long_video=False)
     assert torch.equal(same.frames[1:], _at(video[[2, 3]], 32))  # 4 frames resampled to 3: 0, 2, 3
     assert torch.equal(same.frames[0], out.frames[0])
 
 
 def test_no_held_frame_is_plain_sdedit(tiny, clip, monkeypatch) -> None:
     """With no frame held the per-frame schedule matrix has equal rows: the same as SDEdit on the 1-D one."""
-    video, fps = clip
+    video, fps = clip[0][:3], clip[1]  # one window: a longer input holds each later window's overlap
     kw = dict(fps=fps, settings=TINY, progress=False, hold_first=False)
     per_frame = v2v.video_to_video(tiny, video, 0.6, **kw)
     rows = []
@@ -136,7 +138,8 @@ def test_bad_arguments_are_value_errors(tiny, clip) -> None:
 
 def test_cli_strength_zero_writes_the_input_within_codec_error(tmp_path: Path) -> None:
     out = tmp_path / "same.mp4"
-    proc = vidiff("generate", "--video", CLIP, "--strength", "0", "--num-frames", "4", "--output", out, "--quiet")
+    proc = vidiff("generate", "--video", CLIP, "--strength", "0", "--num-frames", "4", "--resample", "--output", out,
+                  "--quiet")
     assert proc.returncode == 0, proc.stderr
     got, fps = read_video(out)
     stride = (120 - 1) // 3
@@ -144,6 +147,60 @@ def test_cli_strength_zero_writes_the_input_within_codec_error(tmp_path: Path) -
     assert got.shape == (4, 3, 128, 128) and math.isclose(fps, want_fps, rel_tol=1e-3)
     assert _psnr(got, _at(want, 128)) > 35
     assert '"strength": 0.0' in (tmp_path / "same.mp4.json").read_text()
+
+
+def test_long_input_windows_chain_on_held_latents(tiny, monkeypatch) -> None:
+    """An input longer than the window: the first window is plain (one-window) video-to-video on its frames,
+    and every later window enters with its overlap held clean at the previous window's final latents."""
+    video, fps = read_video(CLIP, max_frames=7, stride=2)
+    calls = []
+
+    def recording(name: str):
+        def run(denoiser, x, sigmas, **options):
+            out = SAMPLERS[name](denoiser, x, sigmas, **options)
+            calls.append((x.clone(), sigmas.clone(), out.clone()))
+            return out
+        return run
+
+    kw = dict(fps=fps, settings=TINY, progress=False)
+    monkeypatch.setattr(v2v, "sampler_by_name", recording)
+    long = v2v.video_to_video(tiny, video, 0.7, overlap=1, **kw)
+    assert long.frames.shape == (7, 3, 32, 32) and long.fps == fps
+    assert long.record["windows"] == [[0, 2], [2, 4], [4, 6]]
+    held = [int((sig[:, 0] == 0).sum()) for _, sig, _ in calls]
+    assert held == [1, 1, 1]  # frame 0 (the conditioning frame), then each window's overlap
+    for (_, _, prev), (x, _, _) in itertools.pairwise(calls):
+        assert torch.equal(x[:, 0], prev[:, -1])  # the overlap enters exactly as the last window left it
+    first = v2v.video_to_video(tiny, video[:3], 0.7, **kw)
+    assert torch.equal(long.latents[:, :3], first.latents)  # window one: the same draws, the same result
+    assert long.latents[:, 3:].abs().max() > 0
+    resampled = v2v.video_to_video(tiny, video, 0.7, long_video=False, **kw)
+    assert resampled.frames.shape[0] == 3
+    with pytest.raises(ValueError, match="overlap 3 must be between 1 and 2"):
+        v2v.video_to_video(tiny, video, 0.7, overlap=3, **kw)
+
+
+def test_long_input_keeps_its_motion_on_the_bundled_model(tmp_path: Path) -> None:
+    """30 frames of a real clip through the bundled model's 14-frame windows, from the CLI: every frame comes
+    back at the input's rate, frame 0 is the input's, the motion correlates with the input's across the seams,
+    and no seam is a jump."""
+    src, _ = read_video(CLIP, max_frames=30, stride=2)
+    clip = write_video(src, tmp_path / "in.mp4", fps=15)
+    out = tmp_path / "out.mp4"
+    proc = vidiff("generate", "--video", clip, "--strength", "0.5", "--steps", "4", "--output", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    got, fps = read_video(out)
+    assert got.shape == (30, 3, 128, 128) and math.isclose(fps, 15, rel_tol=1e-3)
+    sidecar = (tmp_path / "out.mp4.json").read_text()
+    assert '"windows": [[0, 13], [10, 23], [16, 29]]' in " ".join(sidecar.split()).replace("[ ", "[").replace(" ]", "]")
+    ref = _at(read_video(clip)[0], 128)
+    small_in, small_out = _at(ref, 64), _at(got, 64)
+    flow_in, flow_out = estimate_flow(small_in[:-1], small_in[1:]), estimate_flow(small_out[:-1], small_out[1:])
+    corr = float(torch.corrcoef(torch.stack([flow_in.flatten(), flow_out.flatten()]))[0, 1])
+    assert corr >= 0.5, corr
+    d = (got[1:] - got[:-1]).abs().mean(dim=(1, 2, 3))
+    seams = d[[12, 13, 22, 23]]  # the steps into the first frames each later window made
+    assert float(seams.max()) <= 2.5 * float(d.median()), (seams, d.median())
 
 
 def _zero_frame_video(path: Path) -> Path:

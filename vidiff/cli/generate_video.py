@@ -26,6 +26,10 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strength", type=float, default=None,
                    help=f"how much of the input to re-generate: 0 keeps it, 1 makes a new video from the first "
                    f"frame (default {DEFAULT_STRENGTH}); the first frame is always kept")
+    g.add_argument("--resample", action="store_true",
+                   help="fit a video longer than the model's window into one window (evenly spaced frames, a "
+                   "lower fps) instead of re-generating every frame as a long video (windows overlapping by "
+                   "--overlap frames)")
 
 
 def video_requested(args: argparse.Namespace) -> bool:
@@ -74,10 +78,12 @@ def run_video(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     import torch
+    import torch.nn.functional as F
 
     from vidiff import __version__
     from vidiff.io.atomic import write_json_atomic
     from vidiff.io.video import VideoError, read_image, read_video, write_video
+    from vidiff.io.video_stream import iter_video
     from vidiff.metrics.flow import estimate_flow
     from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_model_path
     from vidiff.pipelines.video_to_video import check_video_size, describe, video_to_video
@@ -96,17 +102,24 @@ def run_video(args: argparse.Namespace) -> int:
         check_video_size(info.width, info.height, resolved.width, resolved.height)
     except ValueError as e:
         raise CLIError(f"--video {video_path}: {e}") from None
-    # the frames the model's window takes, evenly spaced over the clip: only those are decoded
-    stride = max(1, (info.num_frames - 1) // max(1, resolved.num_frames - 1))
+    long_video = info.num_frames > resolved.num_frames and not args.resample
     try:
-        frames, fps = read_video(video_path, stride=stride, max_frames=resolved.num_frames)
+        if long_video:  # every frame, resized as it is decoded (the output size, not the input's, in memory)
+            size = (resolved.height, resolved.width)
+            frames = torch.cat([F.interpolate(f[None], size=size, mode="bilinear", antialias=True,
+                                              align_corners=False) for f in iter_video(video_path)])
+            fps = info.fps
+        else:  # the frames the model's window takes, evenly spaced over the clip: only those are decoded
+            stride = max(1, (info.num_frames - 1) // max(1, resolved.num_frames - 1))
+            frames, fps = read_video(video_path, stride=stride, max_frames=resolved.num_frames)
     except VideoError as e:
         raise CLIError(f"--video {e}") from None
     try:
         result = video_to_video(
             pipe, frames, args.strength, fps=fps, image=read_image(image_path) if image_path else None,
             settings=settings, progress=not args.quiet, offload=args.offload, max_memory=args.max_memory,
-            vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk, estimate_flow=estimate_flow)
+            vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk, estimate_flow=estimate_flow,
+            long_video=long_video, overlap=args.overlap)
     except ValueError as e:
         raise CLIError(f"--video {video_path}: {e}") from None
     try:

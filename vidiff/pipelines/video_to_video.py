@@ -15,12 +15,15 @@ the schedule matrix ``S[frame, step]`` is 0, so its latent is never noised and c
 a known frame, and the result starts exactly where the conditioning image is (frame 0 of the output *is* that
 image). ``hold_first=False`` noises every frame: plain SDEdit.
 
-Frame count and fps follow the input: a clip longer than the model's window (``num_frames``) is resampled to
-it, uniformly in time, with the fps lowered so the duration stays the same; the model's fps conditioning is
-set to that rate unless given. Latents of the input: the VAE's encoding of each frame, or for a VAE that
-decodes by warping the conditioning image (``reference_conditioned``) each frame's flow to the first one,
-from the ``estimate_flow`` the caller passes (``vidiff.metrics.flow.estimate_flow``: pipelines do not import
-metrics).
+Frame count and fps follow the input. A clip longer than the model's window (``num_frames``) is generated as a
+long video (``long_video=True``, the default): windows of the model's length overlapping by ``overlap``
+frames, each window's overlap held clean at the previous window's result (the ``chain`` recipe of
+:mod:`vidiff.pipelines.long_video`, with the input's latents instead of noise), the conditioning image the
+anchor of every window. With ``long_video=False`` it is resampled to one window, uniformly in time, with the
+fps lowered so the duration stays the same; the model's fps conditioning is set to that rate unless given.
+Latents of the input: the VAE's encoding of each frame, or for a VAE that decodes by warping the conditioning
+image (``reference_conditioned``) each frame's flow to the first one, from the ``estimate_flow`` the caller
+passes (``vidiff.metrics.flow.estimate_flow``: pipelines do not import metrics).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tqdm.auto import tqdm
 
 from vidiff.diffusion import CFGDenoiser, Denoiser, frame_scales, karras_sigmas, per_frame, sampler_by_name
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline, _at_size, _images
+from vidiff.pipelines.long_video_pipeline import DEFAULT_OVERLAP
 from vidiff.pipelines.offload import on_device
 from vidiff.pipelines.settings import GenerationSettings
 from vidiff.utils import randn
@@ -83,6 +87,17 @@ def start_sigma(strength: float, sigma_min: float, sigma_max: float) -> float:
     return sigma_min * (sigma_max / sigma_min) ** strength
 
 
+def window_starts(total: int, window: int, overlap: int) -> list[int]:
+    """First frames of the windows that cover ``total`` frames, each overlapping the previous by at least
+    ``overlap`` (the last one ends on the last frame)."""
+    if not 0 < overlap < window:
+        raise ValueError(f"overlap {overlap} must be between 1 and {window - 1} (the window is {window} frames)")
+    starts = [0]
+    while starts[-1] + window < total:
+        starts.append(min(starts[-1] + window - overlap, total - window))
+    return starts
+
+
 def _frame_indices(total: int, window: int) -> list[int]:
     """``window`` frames of ``total``, evenly spaced from the first to the last (all of them if it fits)."""
     if total <= window:
@@ -112,8 +127,8 @@ def _input_latents(pipe: ImageToVideoPipeline, frames: torch.Tensor, reference: 
         if estimate_flow is None:
             raise ValueError("this model's VAE encodes motion as flow: pass estimate_flow "
                              "(vidiff.metrics.flow.estimate_flow)")
-        rest = frames[1:]
-        flows = estimate_flow(rest, frames[:1].expand_as(rest))  # frame_t(q) ≈ frame_0(q + f_t(q))
+        # frame_t(q) ≈ frame_0(q + f_t(q)), a few frames at a time (a long input has hundreds)
+        flows = torch.cat([estimate_flow(rest, frames[:1].expand_as(rest)) for rest in frames[1:].split(16)])
         z = vae.encode_flow(flows) * vae.scaling_factor
         return torch.cat([torch.zeros_like(z[:1]), z])[None].to(pipe.device)
     first = pipe._image_latents(reference)  # (1, C, h, w), scaled
@@ -129,13 +144,15 @@ def video_to_video(
     image: Any = None, hold_first: bool = True, settings: GenerationSettings | None = None,
     generator: torch.Generator | None = None, progress: bool = True, offload: str | None = None,
     max_memory: str | int | None = None, vae_tiling: bool = False, attention_chunk: int | None = None,
-    estimate_flow: FlowEstimator | None = None,
+    estimate_flow: FlowEstimator | None = None, long_video: bool = True, overlap: int | None = None,
 ) -> VideoToVideoOutput:
     """Re-generate ``video (T, 3, H, W)`` in [0, 1] (at ``fps``) with ``pipe``'s model at ``strength``.
 
     ``image``: the conditioning image (default: the video's first frame); ``settings``: as ``pipe(...)``'s
     (``num_frames``: the window the input is resampled to, default the model's; ``fps``: default the
-    resampled input's); ``estimate_flow``: needed for a flow-warping VAE (``frame0(p) ≈ frame1(p + flow(p))``).
+    resampled input's); ``estimate_flow``: needed for a flow-warping VAE (``frame0(p) ≈ frame1(p + flow(p))``);
+    ``long_video``/``overlap``: a longer input as overlapping windows (see the module docstring; default overlap
+    ``DEFAULT_OVERLAP``, at most the window less one).
     Bad input (strength, too few frames, too small) is a ValueError before any work.
     """
     start_time = time.perf_counter()
@@ -147,9 +164,11 @@ def video_to_video(
         raise ValueError(f"video has {video.shape[0]} frame(s): video-to-video needs at least {MIN_FRAMES}")
     settings = settings or GenerationSettings()
     window = settings.num_frames or pipe.default_settings(settings.behaviour or "diffusers").num_frames
-    indices = _frame_indices(video.shape[0], window)
+    indices = list(range(video.shape[0])) if long_video else _frame_indices(video.shape[0], window)
+    overlap = min(DEFAULT_OVERLAP, window - 1) if overlap is None else overlap
+    starts = window_starts(len(indices), window, overlap) if len(indices) > window else [0]
     out_fps = fps * (len(indices) - 1) / (video.shape[0] - 1)  # the same duration, first to last frame
-    given = GenerationSettings(num_frames=len(indices), fps=settings.fps or max(1, round(out_fps)))
+    given = GenerationSettings(num_frames=min(len(indices), window), fps=settings.fps or max(1, round(out_fps)))
     cond_image = _images(image if image is not None else video[indices[0]])[0]
     in_size = (video.shape[-1], video.shape[-2])
     s = pipe._resolve(settings.merged(given), in_size)
@@ -169,7 +188,9 @@ def video_to_video(
     steps = max(1, math.ceil(strength * s.num_inference_steps)) if strength > 0 else 0
     record = {"strength": strength, "sigma_start": sigma_s if steps else 0.0, "steps": steps,
               "source_frames": indices, "source_fps": fps, "held_frames": [0] if hold_first else [],
-              "conditioning": "image" if image is not None else "first frame"}
+              "conditioning": "image" if image is not None else "first frame",
+              **({"windows": [[a, a + s.num_frames - 1] for a in starts], "overlap": overlap} if len(starts) > 1
+                 else {})}
     z = _input_latents(pipe, frames, reference, estimate_flow) if steps else None
     if hold_first and image is not None:
         frames[0] = reference[0] / 2 + 0.5  # the conditioning image replaces the input's first frame
@@ -180,23 +201,30 @@ def video_to_video(
 
     cond, uncond = pipe._condition([cond_image], reference, s, generator)
     sigmas = karras_sigmas(steps, pipe.sigma_min, sigma_s, pipe.family.rho)
-    schedule = sigmas[None].repeat(s.num_frames, 1)  # S[frame, step]
-    if hold_first:
-        schedule[0] = 0.0  # frame 0 is never noised: it conditions the others as a known frame
-    noise = randn(z.shape, generator, device=pipe.device, dtype=torch.float32)
-    x = z - base + schedule[:, 0].to(pipe.device).reshape(1, -1, 1, 1, 1) * noise  # SDEdit: x = z + σ_s·ε
-    bar = tqdm(total=steps, disable=not progress, leave=False, desc="video-to-video")
-    sample = sampler_by_name(s.sampler)
+    denoiser, sample = _denoiser(pipe, uncond, s), sampler_by_name(s.sampler)
+    final = z.clone()  # frames [0, done) hold their final latents
+    done = 1 if hold_first else 0
+    bar = tqdm(total=steps * len(starts), disable=not progress, leave=False, desc="video-to-video")
     with on_device(pipe.unet, pipe.device, pipe._offload), pipe.unet_chunking(plan.attention_chunk):
-        x = sample(_denoiser(pipe, uncond, s), x, schedule.to(pipe.device), cond=cond, generator=generator,
-                   callback=lambda info: bar.update(1))
+        for a in starts:
+            held = max(0, done - a)  # the window's first frames: already final (the overlap, or frame 0)
+            schedule = sigmas[None].repeat(s.num_frames, 1)  # S[frame, step]
+            schedule[:held] = 0.0  # held clean: never noised, they condition the others as known frames
+            noise = randn((1, s.num_frames, *z.shape[2:]), generator, device=pipe.device, dtype=torch.float32)
+            # SDEdit, x = z + σ_s·ε; the held frames enter as they are
+            x = final[:, a:a + s.num_frames] - base + schedule[:, 0].to(pipe.device).reshape(1, -1, 1, 1, 1) * noise
+            x = sample(denoiser, x, schedule.to(pipe.device), cond=cond, generator=generator,
+                       callback=lambda info: bar.update(1))
+            final[:, a + held:a + s.num_frames] = x[:, held:] + base
+            done = a + s.num_frames
     bar.close()
     warp_reference = reference if getattr(pipe.vae, "reference_conditioned", False) else None
-    out = pipe._decode(x + base, s, plan, progress, warp_reference)[0]
+    out = pipe._decode(final, s, plan, progress, warp_reference)[0]
     out = (out.float().cpu() / 2 + 0.5).clamp(0, 1)
     if hold_first:
         out[0] = frames[0]  # held clean: the conditioning image itself, not its VAE round trip
-    return VideoToVideoOutput(out, x, out_fps, s, pipe.run_record(plan), record, time.perf_counter() - start_time)
+    return VideoToVideoOutput(out, final - base, out_fps, s, pipe.run_record(plan), record,
+                              time.perf_counter() - start_time)
 
 
 def describe(output: VideoToVideoOutput) -> str:
