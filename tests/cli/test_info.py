@@ -93,3 +93,18 @@ def test_info_of_a_bad_path_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["info", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a safetensors file" in err and str(bad) in err
+
+
+def test_a_reader_that_stops_early_is_not_an_error() -> None:
+    """`vidiff info MODEL | head -1`: the closed pipe ends the command quietly, with exit 0."""
+    import subprocess
+    import sys
+
+    from vidiff.pipelines.image_to_video import bundled_model_path
+
+    piped = subprocess.run(["bash", "-c", f'set -o pipefail; "{sys.executable}" -m vidiff.cli.main info '
+                            f'"{bundled_model_path()}" | head -c 5; echo "${{PIPESTATUS[0]}}" >&2'],
+                           capture_output=True, text=True)
+    assert piped.stdout == "path:"
+    assert piped.stderr.strip().splitlines()[-1] == "0", piped.stderr
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
