@@ -84,7 +84,7 @@ def run_video(args: argparse.Namespace) -> int:
     from vidiff.io.atomic import write_json_atomic
     from vidiff.io.video import VideoError, read_image, read_video, write_video
     from vidiff.io.video_stream import iter_video
-    from vidiff.metrics.flow import estimate_flow
+    from vidiff.metrics.flow import flow_to_first
     from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_model_path
     from vidiff.pipelines.video_to_video import check_video_size, describe, video_to_video
 
@@ -118,7 +118,7 @@ def run_video(args: argparse.Namespace) -> int:
         result = video_to_video(
             pipe, frames, args.strength, fps=fps, image=read_image(image_path) if image_path else None,
             settings=settings, progress=not args.quiet, offload=args.offload, max_memory=args.max_memory,
-            vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk, estimate_flow=estimate_flow,
+            vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk, flow_to_first=flow_to_first,
             long_video=long_video, overlap=args.overlap)
     except ValueError as e:
         raise CLIError(f"--video {video_path}: {e}") from None

@@ -22,8 +22,9 @@ frames, each window's overlap held clean at the previous window's result (the ``
 anchor of every window. With ``long_video=False`` it is resampled to one window, uniformly in time, with the
 fps lowered so the duration stays the same; the model's fps conditioning is set to that rate unless given.
 Latents of the input: the VAE's encoding of each frame, or for a VAE that decodes by warping the conditioning
-image (``reference_conditioned``) each frame's flow to the first one, from the ``estimate_flow`` the caller
-passes (``vidiff.metrics.flow.estimate_flow``: pipelines do not import metrics).
+image (``reference_conditioned``) each frame's flow to the first one, from the ``flow_to_first`` the caller
+passes (``vidiff.metrics.flow.flow_to_first``, chained from consecutive flows, which stay small where a
+frame's direct flow to frame 0 is too large to estimate; pipelines do not import metrics).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from vidiff.pipelines.offload import on_device
 from vidiff.pipelines.settings import GenerationSettings
 from vidiff.utils import randn
 
-__all__ = ["MIN_FRAMES", "FlowEstimator", "VideoToVideoOutput", "check_strength", "check_video_size", "describe",
+__all__ = ["MIN_FRAMES", "FlowToFirst", "VideoToVideoOutput", "check_strength", "check_video_size", "describe",
            "start_sigma", "video_to_video"]
 
 MIN_FRAMES = 2
@@ -114,21 +115,20 @@ def _denoiser(pipe: ImageToVideoPipeline, uncond: Any, s: GenerationSettings) ->
     return CFGDenoiser(denoiser, uncond, per_frame(ramp).to(pipe.device))
 
 
-FlowEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (frame0, frame1) -> flow (N, 2, H, W)
+FlowToFirst = Callable[[torch.Tensor], torch.Tensor]  # video (T, 3, H, W) -> flow of each frame to frame 0
 
 
 def _input_latents(pipe: ImageToVideoPipeline, frames: torch.Tensor, reference: torch.Tensor,
-                   estimate_flow: FlowEstimator | None) -> torch.Tensor:
+                   flow_to_first: FlowToFirst | None) -> torch.Tensor:
     """Latents ``(1, T, C, h, w)`` of ``frames (T, 3, H, W)`` in [0, 1] with frame 0 that of ``reference``
     (``(1, 3, H, W)`` in [-1, 1]): the VAE's, or for a warping VAE each frame's flow to frame 0 (the motion
     of the input; the conditioning image's own flow is zero)."""
     vae = pipe.vae
     if getattr(vae, "reference_conditioned", False):
-        if estimate_flow is None:
-            raise ValueError("this model's VAE encodes motion as flow: pass estimate_flow "
-                             "(vidiff.metrics.flow.estimate_flow)")
-        # frame_t(q) ≈ frame_0(q + f_t(q)), a few frames at a time (a long input has hundreds)
-        flows = torch.cat([estimate_flow(rest, frames[:1].expand_as(rest)) for rest in frames[1:].split(16)])
+        if flow_to_first is None:
+            raise ValueError("this model's VAE encodes motion as flow: pass flow_to_first "
+                             "(vidiff.metrics.flow.flow_to_first)")
+        flows = flow_to_first(frames)[1:]  # frame_t(q) ≈ frame_0(q + f_t(q))
         z = vae.encode_flow(flows) * vae.scaling_factor
         return torch.cat([torch.zeros_like(z[:1]), z])[None].to(pipe.device)
     first = pipe._image_latents(reference)  # (1, C, h, w), scaled
@@ -144,13 +144,13 @@ def video_to_video(
     image: Any = None, hold_first: bool = True, settings: GenerationSettings | None = None,
     generator: torch.Generator | None = None, progress: bool = True, offload: str | None = None,
     max_memory: str | int | None = None, vae_tiling: bool = False, attention_chunk: int | None = None,
-    estimate_flow: FlowEstimator | None = None, long_video: bool = True, overlap: int | None = None,
+    flow_to_first: FlowToFirst | None = None, long_video: bool = True, overlap: int | None = None,
 ) -> VideoToVideoOutput:
     """Re-generate ``video (T, 3, H, W)`` in [0, 1] (at ``fps``) with ``pipe``'s model at ``strength``.
 
     ``image``: the conditioning image (default: the video's first frame); ``settings``: as ``pipe(...)``'s
     (``num_frames``: the window the input is resampled to, default the model's; ``fps``: default the
-    resampled input's); ``estimate_flow``: needed for a flow-warping VAE (``frame0(p) ≈ frame1(p + flow(p))``);
+    resampled input's); ``flow_to_first``: needed for a flow-warping VAE (``video[t](p) ≈ video[0](p + f_t(p))``);
     ``long_video``/``overlap``: a longer input as overlapping windows (see the module docstring; default overlap
     ``DEFAULT_OVERLAP``, at most the window less one).
     Bad input (strength, too few frames, too small) is a ValueError before any work.
@@ -191,7 +191,7 @@ def video_to_video(
               "conditioning": "image" if image is not None else "first frame",
               **({"windows": [[a, a + s.num_frames - 1] for a in starts], "overlap": overlap} if len(starts) > 1
                  else {})}
-    z = _input_latents(pipe, frames, reference, estimate_flow) if steps else None
+    z = _input_latents(pipe, frames, reference, flow_to_first) if steps else None
     if hold_first and image is not None:
         frames[0] = reference[0] / 2 + 0.5  # the conditioning image replaces the input's first frame
     if z is None:  # strength 0: the input, unchanged
