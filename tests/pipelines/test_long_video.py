@@ -85,6 +85,27 @@ def test_cli_long_run_writes_video_and_sidecar(tmp_path: Path) -> None:
     assert side["long_video"]["segments"] == [[0, 13], [6, 19]]
 
 
+def test_cli_long_run_with_deflicker_equals_deflicker_of_the_raw_run(tmp_path: Path) -> None:
+    """``--deflicker`` on a long video streams the frames to a lossless temporary folder and deflickers that:
+    the result is `vidiff deflicker` of the same run written without it (png frames: no codec in between)."""
+    from vidiff.io.video import read_video
+
+    base = ["generate", "--image", PHOTO, "--num-frames", 18, "--steps", 1, "--height", 64, "--width", 64,
+            "--long-mode", "chain", "--quiet"]
+    raw, ref, post = tmp_path / "raw/", tmp_path / "ref/", tmp_path / "post/"
+    for args in ([*base, "--output", raw], ["deflicker", raw, ref, "--quiet"],
+                 [*base, "--output", post, "--deflicker"]):
+        proc = vidiff(*args)
+        assert proc.returncode == 0, proc.stderr
+    (a, _), (b, _), (c, _) = read_video(raw), read_video(ref), read_video(post)
+    assert c.shape == (18, 3, 64, 64) and torch.equal(b, c) and not torch.equal(a, c)
+    from vidiff.cli.generate import sidecar_path
+
+    side = json.loads(sidecar_path(post).read_text())
+    assert "deflicker" in side and side["long_video"]["long_mode"] == "chain"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["post", "raw", "ref"]  # no temporary frames left
+
+
 def test_cli_bad_long_inputs_are_refused(tmp_path: Path) -> None:
     small = PIL.Image.open(PHOTO).convert("RGB").resize((300, 200))
     end = tmp_path / "end.png"

@@ -14,12 +14,11 @@ from pathlib import Path
 
 from vidiff import __version__
 from vidiff.cli.generate import _check_output, _sha256, sidecar_path
-from vidiff.cli.generate_post import add_deflicker_options, deflicker_config
+from vidiff.cli.generate_post import add_deflicker_options, deflicker_config, deflicker_file
 from vidiff.cli.main import CLIError
 from vidiff.io.atomic import write_json_atomic
 from vidiff.io.video import VideoError, probe_video
-from vidiff.io.video_stream import iter_video, write_video_stream
-from vidiff.postprocess.deflicker import DeflickerConfig, apply_deflicker, plan_deflicker
+from vidiff.postprocess.deflicker import DeflickerConfig
 
 EXAMPLES = """\
 examples:
@@ -57,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     src, out, config, fps = _check(args)
     start = time.perf_counter()
     try:
-        plan = plan_deflicker(iter_video(src), config)  # first pass: measure
-        write_video_stream(apply_deflicker(iter_video(src), plan), out, fps, plan.num_frames)  # second: correct
+        plan = deflicker_file(src, out, fps, config)
     except (VideoError, ValueError) as e:
         raise CLIError(str(e)) from None
     except OSError as e:

@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     apply_adapters(pipe, loras, args.lora_partial)
     image = read_image(image_path)
     if long_requested(args, pipe, settings):
-        return run_long(args, pipe, image, image_path, output, settings, model)
+        return run_long(args, pipe, image, image_path, output, settings, model, post)
     start = time.perf_counter()
     try:
         result = pipe(

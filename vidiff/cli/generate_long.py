@@ -83,12 +83,16 @@ def end_latent(pipe: Any, start: Any, end: Any, height: int, width: int) -> Any:
 
 
 def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, output: Path,
-             settings: Any, model: Any) -> int:
+             settings: Any, model: Any, post: Any = None) -> int:
     """Generate, stream the frames to the video file and write its sidecar (settings with the full
-    ``num_frames``, plus ``long_video``: mode, window, overlap and the segment or keyframe indices)."""
+    ``num_frames``, plus ``long_video``: mode, window, overlap and the segment or keyframe indices). With
+    ``post`` (``--deflicker``) the frames stream to lossless png frames in a temporary folder beside the
+    output, which the streamed deflicker then reads twice."""
+    import tempfile
 
     from vidiff import __version__
     from vidiff.cli.generate import _sha256, sidecar_path, write_sidecar
+    from vidiff.cli.generate_post import deflicker_file
     from vidiff.io.video import read_image
     from vidiff.io.video_stream import VideoStreamWriter
     from vidiff.pipelines.long_video_pipeline import generate_long_video, plan_long_run
@@ -103,13 +107,18 @@ def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, 
     resolved = pipe._resolve(run.settings)
     latent = None if end is None else end_latent(pipe, image, end, resolved.height, resolved.width)
     start = time.perf_counter()
+    post_record: dict[str, Any] = {}
     try:
-        # frames go to the encoder as each window makes them final: memory is one window's, not the video's
-        with VideoStreamWriter(output, resolved.fps, num_frames) as writer:
-            result = generate_long_video(
-                pipe, image, num_frames, writer.push, mode=mode, overlap=run.overlap, end_image=end,
-                end_latent=latent, settings=run.settings, progress=not args.quiet, offload=args.offload,
-                max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
+        with tempfile.TemporaryDirectory(dir=output.parent, prefix=".vidiff-frames-") as tmp:
+            # frames go to the encoder as each window makes them final: memory is one window's, not the video's
+            target = output if post is None else Path(tmp) / "frames"
+            with VideoStreamWriter(target, resolved.fps, num_frames, format=None if post is None else "png") as w:
+                result = generate_long_video(
+                    pipe, image, num_frames, w.push, mode=mode, overlap=run.overlap, end_image=end,
+                    end_latent=latent, settings=run.settings, progress=not args.quiet, offload=args.offload,
+                    max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
+            if post is not None:
+                post_record = {"deflicker": deflicker_file(target, output, resolved.fps, post).to_dict()}
     except ValueError as e:
         raise CLIError(str(e)) from None
     except OSError as e:
@@ -124,7 +133,7 @@ def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, 
         "image_sha256": _sha256(image_path), "output": str(output), **result.run,
         "generation_seconds": round(seconds, 3),
         "settings": {**result.settings.to_dict(), "num_frames": num_frames},
-        "long_video": record,
+        "long_video": record, **post_record,
     }
     write_sidecar(sidecar, output)
     if not args.quiet:

@@ -8,12 +8,19 @@ loads (:func:`postprocess_config`) and the filter with what the sidecar records 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from vidiff.cli.main import CLIError
-from vidiff.postprocess.deflicker import DeflickerConfig, deflicker_video
+from vidiff.postprocess.deflicker import (
+    DeflickerConfig,
+    DeflickerPlan,
+    apply_deflicker,
+    deflicker_video,
+    plan_deflicker,
+)
 
 
 def add_deflicker_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, prefix: str = "") -> None:
@@ -60,3 +67,13 @@ def apply_postprocess(frames: torch.Tensor, config: DeflickerConfig | None) -> t
         return frames, {}
     out, plan = deflicker_video(frames.float().cpu(), config)
     return out, {"deflicker": plan.to_dict()}
+
+
+def deflicker_file(src: Path, out: Path, fps: float, config: DeflickerConfig) -> DeflickerPlan:
+    """Deflicker the video at ``src`` into ``out`` (atomically), streamed: a first pass over the decoded frames
+    measures, a second corrects and encodes, so memory does not grow with the clip's length."""
+    from vidiff.io.video_stream import iter_video, write_video_stream
+
+    plan = plan_deflicker(iter_video(src), config)
+    write_video_stream(apply_deflicker(iter_video(src), plan), out, fps, plan.num_frames)
+    return plan

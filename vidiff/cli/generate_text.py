@@ -12,6 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
+from vidiff.cli.generate_post import apply_postprocess, postprocess_config
 from vidiff.cli.main import CLIError
 from vidiff.io.atomic import write_json_atomic
 from vidiff.io.video import check_video_output, video_format_for, write_video
@@ -74,6 +75,7 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path]:
 def run_text(args: argparse.Namespace) -> int:
     """Generate from ``--prompt``; prints the output path and the seconds taken."""
     model, output = _check_cheap(args)
+    post = postprocess_config(args)
 
     import torch
 
@@ -111,9 +113,10 @@ def run_text(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - start
-    path = write_video(frames[0], output, fps=_value(args, "fps"))
+    video, post_record = apply_postprocess(frames[0], post)
+    path = write_video(video, output, fps=_value(args, "fps"))
     sidecar = path / "settings.json" if video_format_for(output) == "png" else path.with_name(path.name + ".json")
     write_json_atomic({**settings, "seed": seed, "flow_shift": pipe.flow_shift, "model": str(model),
-                       "fps": _value(args, "fps")}, sidecar)
+                       "fps": _value(args, "fps"), **post_record}, sidecar)
     print(f"{path} ({seconds:.1f} s)")
     return 0

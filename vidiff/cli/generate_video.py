@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vidiff.cli.generate_post import apply_postprocess, postprocess_config
 from vidiff.cli.main import CLIError
 
 DEFAULT_STRENGTH = 0.5
@@ -73,6 +74,7 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, Path | None, Any
 
 def run_video(args: argparse.Namespace) -> int:
     video_path, output, image_path, info, settings = _check_cheap(args)
+    post = postprocess_config(args)
     from vidiff.cli.generate import _sha256, fast_path_from_args, resolve_device, sidecar_path
 
     device = resolve_device(args.device)
@@ -122,8 +124,9 @@ def run_video(args: argparse.Namespace) -> int:
             long_video=long_video, overlap=args.overlap)
     except ValueError as e:
         raise CLIError(f"--video {video_path}: {e}") from None
+    frames, post_record = apply_postprocess(result.frames, post)
     try:
-        write_video(result.frames, output, fps=result.fps)
+        write_video(frames, output, fps=result.fps)
     except (ValueError, OSError) as e:
         raise CLIError(f"cannot write {output}: {e}") from None
     sidecar = {
@@ -131,7 +134,7 @@ def run_video(args: argparse.Namespace) -> int:
         "video_sha256": _sha256(video_path), "output": str(output),
         **({"image": str(image_path), "image_sha256": _sha256(image_path)} if image_path else {}),
         **result.run, "generation_seconds": round(result.seconds, 3), "settings": result.settings.to_dict(),
-        "video_to_video": {**result.record, "fps": result.fps},
+        "video_to_video": {**result.record, "fps": result.fps}, **post_record,
     }
     try:
         write_json_atomic(sidecar, sidecar_path(output))
