@@ -19,6 +19,7 @@ from vidiff.diffusion import (
     EDMWeighting,
     EpsScaling,
     EpsWeighting,
+    FlowWeighting,
     UnitWeighting,
     VScaling,
     VScalingEDMcNoise,
@@ -62,17 +63,18 @@ def test_weightings_closed_forms() -> None:
     torch.testing.assert_close(EDMWeighting(0.5)(SIGMA), (SIGMA**2 + 0.25) / (SIGMA * 0.5) ** 2)
     torch.testing.assert_close(VWeighting()(SIGMA), (SIGMA**2 + 1) / SIGMA**2)
     torch.testing.assert_close(EpsWeighting()(SIGMA), 1 / SIGMA**2)
-    assert set(WEIGHTINGS) == {"unit", "edm", "v", "eps"}
+    torch.testing.assert_close(FlowWeighting()(SIGMA), ((1 + SIGMA) / SIGMA) ** 2)  # 1/t², t = σ/(1 + σ)
+    assert set(WEIGHTINGS) == {"unit", "edm", "v", "eps", "flow"}
 
 
 def test_every_registered_weighting_builds_and_unknown_names_are_listed() -> None:
     expected = {"unit": torch.ones_like(SIGMA), "edm": (SIGMA**2 + 0.49) / (SIGMA * 0.7) ** 2,
-                "v": (SIGMA**2 + 1) / SIGMA**2, "eps": 1 / SIGMA**2}
+                "v": (SIGMA**2 + 1) / SIGMA**2, "eps": 1 / SIGMA**2, "flow": ((1 + SIGMA) / SIGMA) ** 2}
     for name, cls in WEIGHTINGS.items():
         weighting = weighting_by_name(name, sigma_data=0.7)
         assert type(weighting) is cls
         torch.testing.assert_close(weighting(SIGMA), expected[name])
-    with pytest.raises(ValueError, match=r"unknown loss weighting 'edn'; valid: edm, eps, unit, v$"):
+    with pytest.raises(ValueError, match=r"unknown loss weighting 'edn'; valid: edm, eps, flow, unit, v$"):
         weighting_by_name("edn")
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from vidiff.diffusion.schedules import ddpm_q_sample, edm_add_noise
-from vidiff.utils import build_named
+from vidiff.utils import append_dims, build_named
 
 # --------------------------------------------------------------------------------------------------
 # Noise-level samplers p(σ): __call__(n, generator=None, device=None) -> (n,)
@@ -113,11 +113,24 @@ class EpsWeighting:
         return "EpsWeighting()"
 
 
+class FlowWeighting:
+    """λ(σ) = ((1 + σ)/σ)² = 1/t²: turns ‖D − x₀‖² into the rectified-flow velocity loss ‖F − (ε − x₀)‖² for
+    :class:`~vidiff.diffusion.flow_matching.FlowScaling` (Liu et al. 2022, eq. 1; Wan 2025, eq. 2), because
+    ``D − x₀ = −t·(F − v)`` with ``t = σ/(1 + σ)``."""
+
+    def __call__(self, sigma: Tensor) -> Tensor:
+        return ((1 + sigma) / sigma) ** 2
+
+    def __repr__(self) -> str:
+        return "FlowWeighting()"
+
+
 WEIGHTINGS: dict[str, type] = {
     "unit": UnitWeighting,
     "edm": EDMWeighting,
     "v": VWeighting,
     "eps": EpsWeighting,
+    "flow": FlowWeighting,
 }
 
 
@@ -142,12 +155,16 @@ def denoising_loss(denoiser: Callable[[Tensor, Tensor, Any], Tensor], x0: Tensor
                    generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
     """Per-sample ``λ(σ)·mean((D(x₀ + σn, σ) − x₀)²)`` with σ ~ p(σ), n ~ N(0, I) (EDM eq. 2 and 8), ``(B,)``.
 
+    ``sigma_sampler`` may return per-frame σ ``(B, T)`` (diffusion forcing): λ then weights each frame.
+
     Draw order: σ first, then the noise (unless ``noise`` is given).
     """
     sigma = sigma_sampler(x0.shape[0], generator=generator, device=x0.device).to(x0.dtype)
     n = _randn_like(x0, generator) if noise is None else noise
-    x_noisy = edm_add_noise(x0, sigma, n)  # EDM eq. 2: x_σ = x₀ + σ n
+    x_noisy = edm_add_noise(x0, sigma, n)  # EDM eq. 2: x_σ = x₀ + σ n (σ per video or per frame)
     D_x = denoiser(x_noisy, sigma, cond)
+    if sigma.ndim == 2:  # per-frame σ (B, T): each frame's error weighted by its own λ(σ)
+        return (append_dims(weighting(sigma), x0.ndim) * (D_x - x0).square()).flatten(1).mean(1)
     return weighting(sigma) * (D_x - x0).square().flatten(1).mean(1)  # EDM eq. 8
 
 

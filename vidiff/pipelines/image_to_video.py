@@ -53,6 +53,7 @@ from vidiff.pipelines.memory import (
     RunShape,
     check_fits,
     format_bytes,
+    network_shape,
     plan_for_budget,
 )
 from vidiff.pipelines.offload import SequentialOffload, device_memory, largest_leaf_params, on_device
@@ -310,10 +311,9 @@ class ImageToVideoPipeline(LoRAMixin):
         return ModelFootprint(
             unet_params=sum(p.numel() for p in self.unet.parameters()), vae_decoder_params=dec,
             vae_encoder_params=enc, clip_params=sum(p.numel() for p in self.clip.parameters()) if self.clip else 0,
-            unet_channels=tuple(cfg.block_out_channels), unet_heads=tuple(cfg.per_level("num_attention_heads")),
-            vae_channels=vae_channels, latent_channels=cfg.out_channels,
+            vae_channels=vae_channels, latent_channels=cfg.out_channels, **network_shape(cfg),
             largest_layer_params=max(largest_leaf_params(m) for m in (self.unet, self.vae)),
-            unet_layers=tuple(cfg.per_level("layers_per_block")), unet_in_channels=cfg.in_channels,
+            unet_in_channels=cfg.in_channels,
             vae_tile=getattr(self.vae, "tile_latent_size", 64) * self.vae.config.downsample_factor,
         )
 

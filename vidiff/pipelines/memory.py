@@ -80,6 +80,16 @@ class MemoryPlan:
 
 
 @dataclass(frozen=True)
+class DiTShape:
+    """A video DiT's widths (``vidiff.networks.dit_video``): model width, MLP width, heads, patch (t, h, w)."""
+
+    width: int
+    ffn_dim: int
+    heads: int
+    patch: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
 class ModelFootprint:
     """What the planner needs to know about a loaded model (all sizes in elements, not bytes)."""
 
@@ -95,6 +105,19 @@ class ModelFootprint:
     unet_layers: tuple[int, ...] | None = None  # resnets per encoder level (None: 2 at every level, as SVD)
     unet_in_channels: int = 8
     vae_tile: int = 512  # pixels per tile side when tiling (the VAE's ``tile_latent_size`` x its downsampling)
+    dit: DiTShape | None = None  # set when the denoiser is a DiT (then ``unet_*`` describe its one width)
+
+
+def network_shape(config: object) -> dict[str, object]:
+    """The :class:`ModelFootprint` fields of a denoiser's config: a UNet's per-level widths, or a DiT's
+    :class:`DiTShape` (a config with ``attention_head_dim`` and no ``block_out_channels``)."""
+    if hasattr(config, "block_out_channels"):
+        return {"unet_channels": tuple(config.block_out_channels),
+                "unet_heads": tuple(config.per_level("num_attention_heads")),
+                "unet_layers": tuple(config.per_level("layers_per_block"))}
+    width = config.num_attention_heads * config.attention_head_dim
+    return {"unet_channels": (width,), "unet_heads": (config.num_attention_heads,),
+            "dit": DiTShape(width, config.ffn_dim, config.num_attention_heads, tuple(config.patch_size))}
 
 
 @dataclass(frozen=True)
@@ -198,6 +221,37 @@ def _unet_activation_bytes(fp: ModelFootprint, run: RunShape, attention_chunk: i
     return live, largest
 
 
+# Live token maps (units of L x D) of one Wan block (``vidiff.networks.dit_wan``) at its two peaks: in attention
+# the residual, its modulated copy, q, k, v, their normalised / rotated float32 copies and the output (10); in the
+# MLP the residual, the modulated input and the output (3) beside the hidden projection and its GELU (2 x L x
+# ffn_dim). Counted from the block's forward and checked against peaks measured on the CPU
+# (``tests/pipelines/test_memory_dit.py``: predicted / measured 1.2-1.3).
+DIT_ATTENTION_MAPS = 10
+DIT_MLP_MAPS = 3
+DIT_FFN_MAPS = 2
+
+
+def _dit_activation_bytes(fp: ModelFootprint, run: RunShape) -> tuple[float, float]:
+    """Live bytes of one DiT call at its peak, and its largest tensor: the larger of the attention's
+    ``DIT_ATTENTION_MAPS`` token maps and the MLP's ``DIT_MLP_MAPS`` of the model width plus ``DIT_FFN_MAPS`` of
+    its own width, for all ``L`` tokens (attention runs on the whole sequence: ``attention_chunk`` does not
+    apply), the L x L scores per head when attention is not fused, and the network's input (noisy latent +
+    concat) and output. Norms and modulation run in float32 whatever the dtype, so every map is counted at
+    4 bytes or more."""
+    assert fp.dit is not None
+    n = run.batch * (2 if run.guidance else 1)
+    h, w = max(1, run.height // run.downsample), max(1, run.width // run.downsample)
+    pt, ph, pw = fp.dit.patch
+    tokens = -(-run.num_frames // pt) * -(-h // ph) * -(-w // pw)
+    b = max(run.bytes_per_element, 4)
+    per_token = max(DIT_ATTENTION_MAPS * fp.dit.width, DIT_MLP_MAPS * fp.dit.width + DIT_FFN_MAPS * fp.dit.ffn_dim)
+    maps = per_token * tokens * n * b
+    scores = 0.0 if run.fused_attention else fp.dit.heads * tokens**2 * n * b
+    inputs = 2 * n * run.num_frames * (fp.unet_in_channels + fp.latent_channels) * h * w * b
+    largest = max(tokens * n * max(fp.dit.ffn_dim, 3 * fp.dit.width) * b, scores / max(fp.dit.heads, 1))
+    return maps + scores + inputs, largest
+
+
 def _vae_decode_bytes(fp: ModelFootprint, run: RunShape, chunk: int, tiling: bool) -> tuple[float, float]:
     """Live bytes of a temporal VAE decode of ``chunk`` frames at its peak, and its largest tensor.
 
@@ -241,7 +295,8 @@ def stage_activations(fp: ModelFootprint, run: RunShape, plan: MemoryPlan) -> di
     return {
         "clip": device_bytes((4 * image, image)),
         "encode": device_bytes(_vae_decode_bytes(fp, one_frame, 1, plan.vae_tiling)),
-        "denoise": device_bytes(_unet_activation_bytes(fp, run, plan.attention_chunk)),
+        "denoise": device_bytes(_dit_activation_bytes(fp, run) if fp.dit is not None
+                                else _unet_activation_bytes(fp, run, plan.attention_chunk)),
         "decode": device_bytes(_vae_decode_bytes(fp, run, chunk, plan.vae_tiling)),
     }
 

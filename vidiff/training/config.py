@@ -8,6 +8,7 @@ keys by name; ``to_yaml`` writes the resolved config next to the run's output.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -21,6 +22,7 @@ from vidiff.diffusion.losses import WEIGHTINGS
 from vidiff.diffusion.scalings import SCALINGS, DiscreteEpsScaling
 from vidiff.diffusion.schedules import BETA_SCHEDULES, beta_schedule_config
 from vidiff.io.atomic import write_text_atomic
+from vidiff.training.dit import DiTSizes
 
 
 class ConfigError(ValueError):
@@ -56,6 +58,7 @@ class ModelConfig:
     ``sigma_max`` / ``sigma_min``: the noise range the exported pixel/patch-space pipeline samples over
     (EDM's 80 … 0.002 suits unit-scale pixels; a residual target has a far smaller scale, so a narrower
     range puts every step where the model was trained). Checkpoint fine-tunes keep their scheduler's.
+    ``backbone``: ``unet`` or ``dit`` (Wan's transformer from scratch, sized by ``dit``: ``vidiff.training.dit``).
     """
 
     preset: str | None = "tiny"
@@ -74,8 +77,12 @@ class ModelConfig:
     sigma_max: float = 80.0
     sigma_min: float = 0.002
     flow_scale: float = 16.0
+    backbone: str = "unet"
+    dit: DiTSizes = field(default_factory=DiTSizes)
 
     def __post_init__(self) -> None:
+        _check(self.backbone == "unet" or (self.backbone == "dit" and self.init_from is None), "model.backbone",
+               f"must be 'unet' or 'dit' (a DiT trains from scratch: no model.init_from), got {self.backbone!r}")
         _check(self.flow_scale > 0, "model.flow_scale", f"must be > 0, got {self.flow_scale}")
         _check(not (self.residual and self.autoencoder == "flow"), "model.residual",
                "must be false with model.autoencoder=flow (flow latents are already relative to frame 0)")
@@ -246,7 +253,8 @@ class LossConfig:
     probability of zeroing the CLIP token and concat latent (CFG dropout, Ho & Salimans 2022).
     ``noise_aug``: ``fixed`` (``noise_aug_strength``) or ``lognormal`` (``ln s ~ N(aug_p_mean, aug_p_std²)``).
     ``flow_weight`` > 0 adds the motion-consistency term (see ``objectives.flow_consistency_loss``).
-    ``fixed_noise`` reuses the step-0 sigmas and noise every step (overfit checks).
+    ``fixed_noise`` reuses the step-0 sigmas and noise every step (overfit checks). ``flow``: rectified flow
+    (``vidiff.training.dit``), logit-normal t (= the log-normal σ above); ``per_frame``: a σ for every frame.
     """
 
     objective: str = "edm"
@@ -266,9 +274,10 @@ class LossConfig:
     aug_p_std: float = 0.5
     flow_weight: float = 0.0
     fixed_noise: bool = False
+    per_frame: bool = False
 
     def __post_init__(self) -> None:
-        _one_of(self.objective, "loss.objective", ("edm", "ddpm"))
+        _one_of(self.objective, "loss.objective", ("edm", "ddpm", "flow"))
         _one_of(self.scaling, "loss.scaling", tuple(SCALINGS))
         _one_of(self.weighting, "loss.weighting", tuple(WEIGHTINGS))
         _one_of(self.noise_aug, "loss.noise_aug", ("fixed", "lognormal"))
@@ -291,6 +300,7 @@ class LossConfig:
         _check(0 <= self.ucg_rate < 1, "loss.ucg_rate", f"must be in [0, 1), got {self.ucg_rate}")
         _check(self.noise_aug_strength >= 0, "loss.noise_aug_strength", "must be >= 0")
         _check(self.flow_weight >= 0, "loss.flow_weight", "must be >= 0")
+        _check(not self.per_frame or self.objective != "ddpm", "loss.per_frame", "needs loss.objective edm or flow")
 
 
 @dataclass(frozen=True)
@@ -553,7 +563,7 @@ def _plain(obj: Any) -> Any:
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Return a copy of ``data`` with ``a.b=value`` overrides set (values are YAML-parsed strings;
     typed conversion happens when the dataclasses are built)."""
-    out = _deepcopy(data)
+    out = copy.deepcopy(data)  # YAML trees: dicts, lists and scalars
     for item in overrides:
         text = item[2:] if item.startswith("--") else item
         if "=" not in text:
@@ -587,10 +597,3 @@ def _yaml_value(raw: str) -> Any:
     except yaml.YAMLError:
         return raw
 
-
-def _deepcopy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deepcopy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deepcopy(v) for v in d]
-    return d

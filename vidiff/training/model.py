@@ -102,7 +102,7 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
         bundle = ModelBundle(unet=loaded.unet.float(), vae=loaded.vae.float(), image_encoder=clip,
                              pipeline=loaded)
     else:
-        if cfg.preset not in UNET_PRESETS:
+        if cfg.backbone == "unet" and cfg.preset not in UNET_PRESETS:
             raise ValueError(f"model.preset {cfg.preset!r} is not one of {sorted(UNET_PRESETS)}")
         vae = None
         channels = concat_channels = PIXEL_CHANNELS
@@ -120,9 +120,15 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
                  if getattr(cfg, k) is not None}
         if "addition_time_embed_dim" in sizes:
             sizes["projection_class_embeddings_input_dim"] = 3 * sizes["addition_time_embed_dim"]
-        ucfg = UNET_PRESETS[cfg.preset].replace(in_channels=channels + concat_channels, out_channels=channels,
-                                                num_frames=data.num_frames, **sizes)
-        bundle = ModelBundle(unet=UNetSpatioTemporal(ucfg), vae=vae)
+        if cfg.backbone == "dit":  # Wan's transformer in the UNet's place (vidiff.training.dit)
+            from vidiff.training.dit import build_dit, check_dit_shapes
+
+            check_dit_shapes(cfg, data, vae.config.downsample_factor if vae is not None else 1)
+            net: nn.Module = build_dit(cfg, data, channels=channels, concat_channels=concat_channels)
+        else:
+            net = UNetSpatioTemporal(UNET_PRESETS[cfg.preset].replace(
+                in_channels=channels + concat_channels, out_channels=channels, num_frames=data.num_frames, **sizes))
+        bundle = ModelBundle(unet=net, vae=vae)
     # σ range of pixel/patch-space pipelines (ModelConfig.sigma_max / sigma_min): EDM's 80 (Karras et al. 2022, Table 1)
     # already drowns unit-scale pixels; SVD's 700 is for its latents.
     bundle.extra.update({"residual": cfg.residual, "height": data.height, "width": data.width,
@@ -291,7 +297,11 @@ def _generation_defaults(extra: dict[str, Any]) -> dict[str, Any]:
 def trained_parametrisation(loss: LossConfig) -> dict[str, Any]:
     """The parametrisation ``loss`` trains, as the exported model must record it: ``scaling`` / ``sigma_data``
     (edm), or for ddpm the discrete-time ε scaling (``discrete_eps``: ε output, ``c_noise`` = the integer
-    timestep) with its β schedule in diffusers' scheduler keys (``betas``)."""
+    timestep) with its β schedule in diffusers' scheduler keys (``betas``); for flow the ``flow`` scaling."""
+    if loss.objective == "flow":
+        from vidiff.training.dit import flow_parametrisation
+
+        return flow_parametrisation(loss)
     if loss.objective == "ddpm":
         return {"scaling": "discrete_eps", "sigma_data": 1.0,
                 "betas": beta_schedule_config(loss.ddpm_beta_schedule, loss.ddpm_timesteps, loss.ddpm_beta_start,
@@ -340,6 +350,12 @@ def export_model(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir:
     )
 
     out_dir = Path(out_dir)
+    if not hasattr(bundle.unet_config, "block_out_channels"):  # a DiT (vidiff.training.dit)
+        from vidiff.training.dit import export_dit
+
+        extra = bundle.extra
+        sched = scheduler_keys(extra, float(extra["sigma_min"]), float(extra["sigma_max"]))
+        return export_dit(bundle, weights, out_dir, sched, dtype=dtype)
     unet_sd = {k[len("unet."):]: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in weights.items() if k.startswith("unet.")}
     unet_config = bundle.unet_config.to_diffusers()

@@ -4,6 +4,8 @@
   P_std²))``, ``x_σ = x₀ + σ·n``, loss ``λ(σ)·‖D(x_σ, σ) − x₀‖²``; SVD (Blattmann et al. 2023) uses the
   v-prediction preconditioning with EDM's ``c_noise = ¼ ln σ`` (``VScalingEDMcNoise``) and, for σ_data = 1,
   the weighting ``λ = (σ² + 1)/σ²`` (``VWeighting``).
+* ``flow`` — rectified flow (``vidiff.training.dit``): EDM's loss with ``FlowScaling`` and λ = 1/t², which is
+  the velocity MSE ``‖F(x_t, t) − (ε − x₀)‖²`` on ``x_t = (1 − t)·x₀ + t·ε`` (Liu et al. 2022, eq. 1).
 * ``ddpm`` — ε-prediction MSE at a uniform discrete timestep (Ho et al. 2020, Alg. 1).
 * ``flow`` — motion consistency of the model's denoised prediction ``x̂ = D(x_σ, σ)`` (seed 000 §5.2,
   ``L_flow = Σ_i ‖x̂_i − W(x̂_{i+1}, f_i)‖₁``): the backward flows ``f_i`` between frames i and i+1 come from
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from vidiff.diffusion.denoiser import Denoiser
+from vidiff.diffusion.flow_matching import FlowScaling
 from vidiff.diffusion.losses import EDMLogNormalSampler, ddpm_eps_loss, denoising_loss, weighting_by_name
 from vidiff.diffusion.scalings import DiscreteEpsScaling, scaling_by_name
 from vidiff.diffusion.schedules import DiscreteSchedule, alphas_cumprod, make_betas
@@ -55,7 +58,7 @@ class Draws:
     keep: torch.Tensor  # (B,) 1 = keep conditioning, 0 = dropped for CFG
     aug_strength: torch.Tensor  # (B,) noise-augmentation strength of the conditioning frame
     aug_noise: torch.Tensor  # (B, 3, H, W) noise for the conditioning frame (pixels)
-    sigma: torch.Tensor  # (B,) EDM noise level (for ddpm: sqrt((1 - ᾱ_t)/ᾱ_t))
+    sigma: torch.Tensor  # (B,) or per frame (B, T) EDM noise level (ddpm: sqrt((1 - ᾱ_t)/ᾱ_t); flow: t/(1 - t))
     timestep: torch.Tensor  # (B,) DDPM timestep index (0 for edm)
     noise: torch.Tensor  # (B, T, C, h, w) diffusion noise
 
@@ -90,11 +93,13 @@ def sample_draws(cfg: LossConfig, *, seed: int, step: int, positions: list[int],
             sigma.append(((1 - a) / a).sqrt().float())
             tsteps.append(t.float())
         else:
-            sigma.append(sigma_sampler(1, generator=g).float().reshape(1))
+            # flow: logit t ~ N(p_mean, p_std²) is this log-normal σ (σ = t/(1 − t)); per_frame: one per frame
+            sigma.append(sigma_sampler(latent_shape[0] if cfg.per_frame else 1, generator=g).float())
             tsteps.append(torch.zeros(1))
         noise.append(torch.randn(latent_shape, generator=g))
     return Draws(keep=torch.cat(keep).to(device), aug_strength=torch.cat(aug).to(device),
-                 aug_noise=torch.stack(aug_noise).to(device), sigma=torch.cat(sigma).to(device),
+                 aug_noise=torch.stack(aug_noise).to(device),
+                 sigma=(torch.stack(sigma) if cfg.per_frame else torch.cat(sigma)).to(device),
                  timestep=torch.cat(tsteps).to(device), noise=torch.stack(noise).to(device))
 
 
@@ -103,13 +108,15 @@ def make_scaling(cfg: LossConfig) -> object:
     ε-prediction with ``c_noise`` = the integer timestep of its β schedule (``discrete_eps``)."""
     if cfg.objective == "ddpm":
         return DiscreteEpsScaling(DiscreteSchedule(ddpm_alphas_cumprod(cfg)))
+    if cfg.objective == "flow":  # velocity on EDM's state: D = x_t − t·F (vidiff.diffusion.flow_matching)
+        return FlowScaling()
     return scaling_by_name(cfg.scaling, cfg.sigma_data)
 
 
 def make_weighting(cfg: LossConfig) -> object:
     """λ(σ) named by ``cfg.weighting`` (``vidiff.diffusion.WEIGHTINGS``): ``v`` = (σ²+1)/σ² (EDM with
-    σ_data = 1), ``edm`` (σ²+σ_d²)/(σσ_d)², ``eps`` 1/σ², ``unit``."""
-    return weighting_by_name(cfg.weighting, cfg.sigma_data)
+    σ_data = 1), ``edm`` (σ²+σ_d²)/(σσ_d)², ``eps`` 1/σ², ``unit``; for flow 1/t² (the velocity MSE)."""
+    return weighting_by_name("flow" if cfg.objective == "flow" else cfg.weighting, cfg.sigma_data)
 
 
 def flow_consistency_loss(frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
