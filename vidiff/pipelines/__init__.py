@@ -20,6 +20,8 @@ _EXPORTS = {
     "load_model": "vidiff.pipelines.loading",
     "LoadedModel": "vidiff.pipelines.loading",
     "TextToVideoPipeline": "vidiff.pipelines.text_to_video",
+    "SV3DPipeline": "vidiff.pipelines.sv3d",
+    "sv3d_orbit": "vidiff.pipelines.sv3d",
     "load_wan_pipeline": "vidiff.pipelines.wan_loading",
 }
 

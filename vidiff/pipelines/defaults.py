@@ -34,6 +34,8 @@ FAMILIES: dict[str, ModelFamily] = {
     "svd": ModelFamily("svd", 576, 1024, 14, ("fps", "motion_bucket_id", "noise_aug_strength"), "linear"),
     "svd_xt": ModelFamily("svd_xt", 576, 1024, 25, ("fps", "motion_bucket_id", "noise_aug_strength"), "linear"),
     "sv3d_u": ModelFamily("sv3d_u", 576, 576, 21, ("noise_aug_strength",), "triangle"),
+    # SV3D_p's vector adds per-frame camera sinusoids to cond_aug's (vidiff.pipelines.sv3d builds it)
+    "sv3d_p": ModelFamily("sv3d_p", 576, 576, 21, ("noise_aug_strength",), "triangle"),
 }
 
 _DIFFUSERS = GenerationSettings(
@@ -49,6 +51,7 @@ _SGM: dict[str, GenerationSettings] = {
     "sv3d_u": GenerationSettings(num_inference_steps=50, min_guidance_scale=1.0, max_guidance_scale=2.5,
                                  noise_aug_strength=1e-5, decode_chunk_size=14),
 }
+_SGM["sv3d_p"] = _SGM["sv3d_u"]  # simple_video_sample.py: the same steps, cond_aug, guider and decoding_t
 
 
 SGM_SEED = 23  # simple_video_sample.py: ``sample(..., seed: int = 23)``
@@ -73,8 +76,8 @@ def default_settings(family: ModelFamily, behaviour: str = "diffusers", *, heigh
     """The reference defaults for ``family``; ``height``/``width``/``num_frames`` override the family's."""
     base = _DIFFUSERS.merged(GenerationSettings(
         height=height or family.height, width=width or family.width, num_frames=num_frames or family.num_frames))
-    if family.name == "sv3d_u":
-        base = base.merged(_SGM["sv3d_u"])  # sv3d has no diffusers pipeline: sgm's values are the reference
+    if family.name.startswith("sv3d"):
+        base = base.merged(_SGM[family.name])  # sv3d has no diffusers pipeline: sgm's values are the reference
     if behaviour == "sgm":
         sgm = GenerationSettings(behaviour="sgm", seed=SGM_SEED)
         base = base.merged(_SGM.get(family.name, GenerationSettings())).merged(sgm)
