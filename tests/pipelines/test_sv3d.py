@@ -24,6 +24,7 @@ from vidiff.io.single_file import infer_unet_config
 from vidiff.io.weights import load_state_dict_strict
 from vidiff.networks import UNetConfig, UNetSpatioTemporal
 from vidiff.pipelines.defaults import FAMILIES
+from vidiff.pipelines.image_to_video import ImageToVideoPipeline
 from vidiff.pipelines.loading import LoadedModel
 from vidiff.pipelines.memory import MemoryPlan
 from vidiff.pipelines.settings import GenerationSettings
@@ -201,7 +202,8 @@ def test_both_layouts_load_as_sv3d_p(tiny_svd_folder: Path, tmp_path: Path) -> N
     outputs = []
     for path in (write_tiny_sv3d_p(tmp_path / "folder", "diffusers", tiny_svd_folder),
                  write_tiny_sv3d_p(tmp_path / "sv3d_p.safetensors", "single-file", tiny_svd_folder)):
-        pipe = SV3DPipeline.from_pretrained(path)
+        pipe = (SV3DPipeline if path.suffix else ImageToVideoPipeline).from_pretrained(path)
+        assert isinstance(pipe, SV3DPipeline)  # the plain image-to-video loader hands back the orbit pipeline
         assert pipe.family.name == "sv3d_p" and pipe.family.num_frames == T
         s = pipe.default_settings()
         assert (s.num_inference_steps, s.max_guidance_scale, s.noise_aug_strength) == (50, 2.5, 1e-5)

@@ -253,8 +253,7 @@ class ImageToVideoPipeline(LoRAMixin):
             fast = replace(fast, fuse_projections=False)
         apply_fast_path(self.unet, fast)
 
-    # ----------------------------------------------------------------------------------------------
-    # construction
+    # -- construction ------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
@@ -276,15 +275,18 @@ class ImageToVideoPipeline(LoRAMixin):
         family = FAMILIES[hint] if hint else FAMILIES["svd"]
         unet_frames = model.unet.config.num_frames
         family = replace(family, num_frames=unet_frames or family.num_frames)
-        size = model.extra.get("default_size")
-        if size:
+        if size := model.extra.get("default_size"):
             family = replace(family, height=size[0], width=size[1])
         own = model.extra.get("generation_defaults") or {}
         family = replace(family, **{k: own[k] for k in ("height", "width", "num_frames") if own.get(k)})
-        return cls(model, family=family, dtype=dtype, device=device, fast_path=fast_path, vae_dtype=vae_dtype)
+        pipe = cls(model, family=family, dtype=dtype, device=device, fast_path=fast_path, vae_dtype=vae_dtype)
+        if cls is ImageToVideoPipeline and family.name.startswith("sv3d"):  # orbits: the camera-aware pipeline
+            from vidiff.pipelines.sv3d import SV3DPipeline
 
-    # ----------------------------------------------------------------------------------------------
-    # placement and memory controls
+            pipe = SV3DPipeline.from_pipeline(pipe)
+        return pipe
+
+    # -- placement and memory controls -------------------------------------------------------------
 
     def _place(self, offload: str) -> None:
         for hooks in self._sequential:
@@ -317,8 +319,7 @@ class ImageToVideoPipeline(LoRAMixin):
             vae_tile=getattr(self.vae, "tile_latent_size", 64) * self.vae.config.downsample_factor,
         )
 
-    # ----------------------------------------------------------------------------------------------
-    # stages
+    # -- stages ------------------------------------------------------------------------------------
 
     def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unscaled VAE latent mode of ``(B, 3, H, W)`` pixels in [-1, 1] (the concat conditioning)."""
@@ -373,8 +374,7 @@ class ImageToVideoPipeline(LoRAMixin):
         logger.info("max_memory=%s: chose %s (predicted peak %s)", max_memory, plan.describe(), format_bytes(peak))
         return plan
 
-    # ----------------------------------------------------------------------------------------------
-    # the call
+    # -- the call ----------------------------------------------------------------------------------
 
     @torch.no_grad()
     def __call__(
