@@ -19,14 +19,15 @@ ALLOWED: dict[str, set[str]] = {
     "conditioning": {"utils", "io"},
     "metrics": {"utils", "io"},
     "adapters": {"utils", "io", "networks"},  # LoRA / control adapters: never pipelines
-    "pipelines": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "adapters"},
+    "parallel": {"utils", "io", "diffusion", "networks"},  # exact multi-process inference (CFG, frames)
+    "pipelines": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "adapters", "parallel"},
     "training": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines",
                  "metrics", "adapters"},
     "serve": {"utils", "io", "pipelines"},  # the top, with cli: nothing but cli imports it
     "postprocess": {"utils", "io", "metrics"},  # filters on finished videos (deflicker)
     "export": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines"},  # ONNX
     "cli": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines", "training",
-            "metrics", "serve", "adapters", "postprocess", "export"},
+            "metrics", "serve", "adapters", "postprocess", "export", "parallel"},
 }
 
 

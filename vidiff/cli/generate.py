@@ -12,7 +12,15 @@ from vidiff import __version__
 from vidiff.cli.batch import add_batch_arguments, check_single_or_batch, run_batch
 from vidiff.cli.generate_adapters import adapter_record, add_adapter_arguments, apply_adapters, check_adapter_args
 from vidiff.cli.generate_long import add_long_arguments, check_long_arguments, long_requested, run_long
+from vidiff.cli.generate_parallel import (
+    add_parallel_arguments,
+    check_parallel,
+    is_writer,
+    parallel_record,
+    start_parallel,
+)
 from vidiff.cli.generate_post import add_postprocess_arguments, apply_postprocess, postprocess_config
+from vidiff.cli.generate_sv3d import add_sv3d_arguments, check_sv3d_arguments, sv3d_pipeline
 from vidiff.cli.generate_text import add_text_arguments, run_text, text_requested
 from vidiff.cli.generate_video import add_video_arguments, run_video, video_requested
 from vidiff.cli.main import CLIError
@@ -76,9 +84,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_adapter_arguments(p)
     add_postprocess_arguments(p)
     add_batch_arguments(p)
+    add_parallel_arguments(p)
     add_long_arguments(p)
     add_text_arguments(p)
     add_video_arguments(p)
+    add_sv3d_arguments(p)
     p.add_argument("--settings", default=None, help="a sidecar JSON from an earlier run to repeat")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -214,6 +224,9 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
 
 
 def run(args: argparse.Namespace) -> int:
+    check_sv3d_arguments(args)
+    if args.parallel is not None and (text_requested(args) or video_requested(args)):
+        raise CLIError(f"--parallel {args.parallel} splits image-to-video only, not --prompt or --video runs")
     if text_requested(args):
         return run_text(args)
     if video_requested(args):
@@ -222,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None:
         return run_batch(args)  # each job comes back here with its --image and --output
     image_path, output, settings, device = _check_cheap(args)
+    device = check_parallel(args, device)  # joins the process group under torchrun --parallel
     check_long_arguments(args, image_path)
     loras = check_adapter_args(args)
     post = postprocess_config(args)
@@ -241,19 +255,26 @@ def run(args: argparse.Namespace) -> int:
                                                     fast_path=fast, vae_dtype=torch.float32)
     except (ValueError, OSError) as e:
         raise CLIError(str(e)) from None
+    pipe, camera = sv3d_pipeline(pipe, args, settings)  # SV3D: the orbit pipeline and its camera
     apply_adapters(pipe, loras, args.lora_partial)
     image = read_image(image_path)
-    if long_requested(args, pipe, settings):
+    long = long_requested(args, pipe, settings)
+    layout = start_parallel(args, pipe, settings, image, long=long)
+    if long:
         return run_long(args, pipe, image, image_path, output, settings, model, post)
     start = time.perf_counter()
     try:
-        result = pipe(
-            image, settings=settings, output_type="pt", progress=not args.quiet, offload=args.offload,
+        result = pipe(  # only the writing rank decodes: the others hold the same latents
+            image, settings=settings, output_type="pt" if is_writer(layout) else "latent", progress=not args.quiet,
+            offload=args.offload,
             max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk,
+            **camera,
         )
     except ValueError as e:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - start
+    if not is_writer(layout):
+        return 0
     frames, post_record = apply_postprocess(result.frames[0], post)
     resolved = result.settings
     try:
@@ -270,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
         "output": str(output),
         **adapter_record(pipe),  # each LoRA: path, file hash, scale, base-model hash
         **result.run,  # device, dtypes, memory plan, tiling, attention chunk, fast path, torch version
+        **parallel_record(layout),  # --parallel: mode and world size
         "generation_seconds": round(seconds, 3),
         "settings": resolved.to_dict(),
         **post_record,

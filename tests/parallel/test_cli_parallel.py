@@ -1,0 +1,72 @@
+"""``vidiff generate --parallel`` under torchrun: rank 0 alone writes the video and its settings file (which
+records the split), the video is the one-process video, and a run that cannot be split fails in one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from vidiff.cli.main import main
+from vidiff.io.video import read_video
+
+sys.path.insert(0, str(Path(__file__).parent))
+from launch import torchrun
+
+SMALL = ["--num-frames", "5", "--steps", "2", "--height", "64", "--width", "64", "--quiet"]
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    ramp = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    PIL.Image.fromarray(ramp).save(path)
+    return path
+
+
+def test_parallel_without_a_distributed_launch_fails_in_one_line(image: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out.mp4"
+    assert main(["generate", "--image", str(image), "--output", str(out), "--parallel", "frames", *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torchrun --nproc-per-node" in err, err
+    assert main(["generate", "--image", str(image), "--output", str(out), "--parallel", "tensor", *SMALL]) == 2
+    assert "--parallel must be one of cfg, frames, cfg,frames" in capsys.readouterr().err
+    clip = tmp_path / "clip.mp4"
+    from vidiff.io.video import write_video
+
+    write_video(np.zeros((4, 3, 64, 64), np.float32), clip, fps=8)
+    for other in (["--video", str(clip)], ["--prompt", "a cat"]):  # paths --parallel does not split: refused
+        assert main(["generate", *other, "--output", str(out), "--parallel", "frames", *SMALL]) == 2
+        assert "splits image-to-video only" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_frames_on_two_ranks_write_the_one_process_video_once(image: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "par" / "two"  # png frames: lossless, unlike mp4
+    assert main(["generate", "--image", str(image), "--output", f"{one}/", *SMALL]) == 0
+    proc = torchrun(2, "-m", "vidiff.cli.main", "generate", "--image", str(image), "--output", f"{two}/",
+                    "--parallel", "frames", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "par").iterdir()] == ["two"]  # written once, by rank 0
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    sidecar = json.loads((two / "settings.json").read_text())
+    assert sidecar["parallel"] == {"mode": "frames", "world_size": 2, "cfg_ranks": 1, "frame_ranks": 2}
+    assert json.loads((one / "settings.json").read_text())["parallel"] is None
+    # pixels agree to 1e-5 before 8-bit rounding (test_pipeline_parallel), so at most one level after it
+    assert float((read_video(one)[0] - read_video(two)[0]).abs().max()) <= 1 / 255 + 1e-6
+
+
+def test_an_impossible_split_fails_on_every_rank_in_one_line(image: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    # three processes cannot hold the two guidance halves (and the bundled model does not guide by default)
+    proc = torchrun(3, "-m", "vidiff.cli.main", "generate", "--image", str(image), "--output", str(out),
+                    "--parallel", "cfg", *SMALL)
+    errors = [line for line in proc.stderr.splitlines() if "vidiff generate: error:" in line]
+    assert proc.returncode != 0 and len(errors) == 3, proc.stderr[-3000:]
+    assert all("exactly 2 processes, got 3" in line for line in errors)
+    assert not out.exists()

@@ -1,0 +1,94 @@
+"""``vidiff generate --parallel cfg|frames|cfg,frames`` under ``torchrun --nproc-per-node N``.
+
+Every rank loads the model and runs the same generation; ``vidiff.parallel`` splits each UNet call between
+them (CFG: the two guidance halves on two ranks; frames: the frames over the ranks of a guidance branch), so
+every rank ends with the same latents. Rank 0 decodes and writes the video and its settings file, which
+records the mode and the world size; the other ranks stop after sampling. Without a distributed launch, or
+with a split the run cannot make, the command fails with one line saying why, before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+from typing import Any
+
+from vidiff.cli.main import CLIError
+from vidiff.parallel import MODES
+
+__all__ = ["add_parallel_arguments", "check_parallel", "is_writer", "parallel_record", "start_parallel"]
+
+
+def add_parallel_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parallel", default=None, metavar="MODE",
+                   help=f"split each denoising step over the processes of torchrun --nproc-per-node N: "
+                   f"{', '.join(MODES)} (cfg: the guidance halves on 2 processes; frames: frames over N; "
+                   "cfg,frames: both, N even). Exact: the frames of one process; rank 0 writes the output")
+
+
+def check_parallel(args: argparse.Namespace, device: str) -> str:
+    """Validate ``--parallel`` against the launch and join the process group; returns this rank's device
+    (``cuda`` becomes ``cuda:LOCAL_RANK``). A no-op without ``--parallel``."""
+    if getattr(args, "parallel", None) is None:
+        return device
+    from vidiff.parallel import parse_mode
+
+    try:
+        parse_mode(args.parallel)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 2:
+        raise CLIError(f"--parallel {args.parallel} needs a distributed launch: run under "
+                       "torchrun --nproc-per-node N (N >= 2)")
+    if args.batch is not None:
+        raise CLIError("--parallel splits one generation over the ranks; --batch shards jobs over them: use one")
+    if device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    import torch.distributed as dist
+
+    from vidiff.parallel import init_from_env
+
+    init_from_env(device)
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return device
+
+
+def start_parallel(args: argparse.Namespace, pipe: Any, settings: Any, image: Any, *, long: bool) -> Any:
+    """Split ``pipe``'s UNet over the ranks as ``--parallel`` asks (None without it); CLIError when the
+    run cannot be split so (a long video, a process count or frame count that does not divide)."""
+    if getattr(args, "parallel", None) is None:
+        return None
+    from vidiff.parallel import ParallelLayout, parallelize, parse_mode
+
+    if long:
+        raise CLIError("--parallel runs one clip; long videos (--long-mode, --end-image) are not split yet")
+    cfg, frames = parse_mode(args.parallel)
+    try:
+        layout = ParallelLayout.build(cfg, frames)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    resolved = pipe._resolve(settings, (image.shape[-1], image.shape[-2]))
+    if cfg and resolved.max_guidance_scale <= 1:
+        raise CLIError(f"--parallel {args.parallel}: guidance is off (max_guidance_scale "
+                       f"{resolved.max_guidance_scale:g} <= 1), so there is no unconditional half to split off; "
+                       "use --parallel frames or raise --max-guidance-scale")
+    if layout.frames > resolved.num_frames:
+        raise CLIError(f"--parallel {args.parallel}: {resolved.num_frames} frames cannot be split over "
+                       f"{layout.frames} frame ranks (each needs at least one frame)")
+    try:
+        parallelize(pipe.unet, layout)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return layout
+
+
+def is_writer(layout: Any) -> bool:
+    """Whether this process writes the outputs (always without ``--parallel``; rank 0 with it)."""
+    return layout is None or layout.is_writer
+
+
+def parallel_record(layout: Any) -> dict[str, Any]:
+    """The settings file's record of the split (``parallel: null`` for one process)."""
+    return {"parallel": None if layout is None else layout.describe()}

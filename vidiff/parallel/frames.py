@@ -1,0 +1,188 @@
+"""Frame parallelism for the spatio-temporal UNet, installed as hooks (the UNet's code is unchanged).
+
+Each rank of the frame group holds a contiguous block of frames (``split_sizes``: 25 on 2 ranks is 13 + 12,
+7 on 3 is 3 + 2 + 2). Everything per frame — every 2D convolution, spatial attention, the per-frame norms —
+runs on the local frames alone. Only four kinds of layer look across frames, and each gets the exchange that
+makes it exact:
+
+* temporal attention (``TemporalTransformerBlock``): one all-to-all in, from frame shards to pixel shards
+  (every rank then holds all frames of ``HW/N`` pixels and attends over all of them), one all-to-all out;
+* the temporal (3, 1, 1) convolutions: the neighbours' one-frame halos are put around the local frames
+  (zeros at the ends of the clip, which is the convolution's own zero padding), the halo outputs dropped;
+* GroupNorm over ``(C/G, T, H, W)`` in the temporal resnets: the per-group sums of every rank are gathered
+  (float64) so every rank normalises with the statistics of the whole clip;
+* the learned frame positions: the sinusoid of the global frame index (``time_pos_embed``).
+
+Per-frame inputs — ``c_noise (B, T)``, ``cond.vector (B, T, D)``, ``cond.concat (B, T, C, H, W)``,
+``image_only_indicator (B, T)`` — are cut to the local frames by their global indices, and the output is
+gathered so every rank ends the call with the whole ``(B, T, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from vidiff.networks.resnet import TemporalResnetBlock
+from vidiff.networks.transformer import SpatioTemporalTransformer, TemporalTransformerBlock
+from vidiff.parallel.comm import Comm, split_sizes
+from vidiff.utils import timestep_embedding
+
+__all__ = ["FrameParallelUNet", "FrameShard"]
+
+
+@dataclass
+class FrameShard:
+    """The frames of one network call: ``sizes[r]`` frames on rank ``r``, this rank's are ``[lo, hi)``."""
+
+    frames: int
+    sizes: list[int]
+    rank: int
+
+    @property
+    def lo(self) -> int:
+        return sum(self.sizes[: self.rank])
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.sizes[self.rank]
+
+    def cut(self, x: Tensor | None, dim: int = 1) -> Tensor | None:
+        """The local frames of a per-frame tensor (one whose ``dim`` has ``frames`` entries), else ``x``."""
+        if x is None or x.ndim <= dim or x.shape[dim] != self.frames:
+            return x
+        return x.narrow(dim, self.lo, self.hi - self.lo)
+
+
+class _GroupNormOverFrames(nn.Module):
+    """GroupNorm of ``(B, C, T_local, H, W)`` with the statistics of all frames (the wrapped norm's weights)."""
+
+    def __init__(self, norm: nn.GroupNorm, owner: FrameParallelUNet) -> None:
+        super().__init__()
+        self.num_groups, self.eps = norm.num_groups, norm.eps
+        self.weight, self.bias = norm.weight, norm.bias  # the same parameters: state-dict keys unchanged
+        self.inner = [norm]  # not a submodule: restored on remove()
+        self.owner = owner
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[:2]
+        g = x.reshape(b, self.num_groups, -1).double()  # (B, G, C/G·T_l·H·W)
+        local = torch.stack([g.sum(-1), (g * g).sum(-1), torch.full_like(g[..., 0], g.shape[-1])])
+        total = torch.stack(self.owner.comm.all_gather(local)).sum(0)  # (3, B, G), summed in rank order
+        mean = total[0] / total[2]
+        var = (total[1] / total[2] - mean * mean).clamp_min(0)
+        y = (g - mean[..., None]) * torch.rsqrt(var[..., None] + self.eps)
+        y = y.to(x.dtype).reshape(x.shape)
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        return y * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+class FrameParallelUNet:
+    """Split a ``UNetSpatioTemporal``'s frames over the ranks of ``comm`` until :meth:`remove`.
+
+    The UNet is called as before, with every frame, on every rank; the hooks give each rank its share and
+    return the whole result. Outside calls of the UNet (and with a group of one) nothing changes.
+    """
+
+    def __init__(self, unet: nn.Module, comm: Comm) -> None:
+        self.unet, self.comm = unet, comm
+        self.shard: FrameShard | None = None
+        self._hw = 0
+        self._handles: list[RemovableHandle] = []
+        self._norms: list[tuple[nn.Module, str, nn.Module]] = []
+        hook = self._handles.append
+        for module in unet.modules():
+            if isinstance(module, TemporalResnetBlock):
+                for conv in (module.conv1, module.conv2):
+                    hook(conv.register_forward_pre_hook(self._halo_in))
+                    hook(conv.register_forward_hook(self._halo_out))
+                for name in ("norm1", "norm2"):
+                    norm = getattr(module, name)
+                    self._norms.append((module, name, norm))
+                    setattr(module, name, _GroupNormOverFrames(norm, self))
+            elif isinstance(module, TemporalTransformerBlock):
+                hook(module.register_forward_pre_hook(self._to_pixel_shards))
+                hook(module.register_forward_hook(self._to_frame_shards))
+            elif isinstance(module, SpatioTemporalTransformer):
+                hook(module.time_pos_embed.register_forward_pre_hook(self._global_positions))
+
+    def remove(self) -> None:
+        """Take every hook out and put the original norms back."""
+        for handle in self._handles:
+            handle.remove()
+        for module, name, norm in self._norms:
+            setattr(module, name, norm)
+        self._handles, self._norms = [], []
+
+    # --- the network call: cut the inputs, gather the output --------------------------------------------
+
+    def local_inputs(self, x: Tensor, c_noise: Tensor, cond: object,
+                     indicator: Tensor | None) -> tuple[Tensor, Tensor, object, Tensor | None]:
+        """Begin a call on ``x (B, T, ...)``: this rank's frames of every per-frame input."""
+        t = x.shape[1]
+        if t < self.comm.size:
+            raise ValueError(f"frame parallelism over {self.comm.size} ranks needs at least that many frames, got {t}")
+        shard = self.shard = FrameShard(t, split_sizes(t, self.comm.size), self.comm.rank)
+        cond = replace(cond, vector=shard.cut(cond.vector), concat=shard.cut(cond.concat))
+        return shard.cut(x), shard.cut(c_noise) if c_noise.ndim == 2 else c_noise, cond, shard.cut(indicator)
+
+    def gather_output(self, out: Tensor) -> Tensor:
+        """End a call: ``(B, T_local, ...)`` from every rank -> ``(B, T, ...)`` on every rank."""
+        shard, self.shard = self.shard, None
+        return self.comm.all_gather_dim(out, shard.sizes, dim=1)
+
+    # --- hooks --------------------------------------------------------------------------------------------
+
+    def _global_positions(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self.shard is None:
+            return None
+        sinusoid = args[0]  # (T_local, C): the sinusoid of the local indices 0..T_local-1
+        frames = torch.arange(self.shard.lo, self.shard.hi, device=sinusoid.device)
+        return (timestep_embedding(frames, sinusoid.shape[1]).to(sinusoid.dtype),)
+
+    def _halo_in(self, conv: nn.Conv3d, args: tuple) -> tuple | None:
+        if self.shard is None:
+            return None
+        x = args[0]  # (B, C, T_local, H, W)
+        k = conv.kernel_size[0] // 2
+        prev, nxt = self.comm.exchange_halos(x[:, :, :k], x[:, :, -k:])
+        zeros = x.new_zeros(*x.shape[:2], k, *x.shape[3:])  # the clip's ends: the conv's zero padding
+        return (torch.cat([zeros if prev is None else prev, x, zeros if nxt is None else nxt], dim=2),)
+
+    def _halo_out(self, conv: nn.Conv3d, args: tuple, out: Tensor) -> Tensor | None:
+        if self.shard is None:
+            return None
+        k = conv.kernel_size[0] // 2
+        return out[:, :, k:-k]
+
+    def _to_pixel_shards(self, block: nn.Module, args: tuple) -> tuple | None:
+        """``(B·T_local, HW, C)`` -> ``(B·T, HW_local, C)``: all frames of this rank's pixels."""
+        if self.shard is None:
+            return None
+        x, context, _ = args
+        shard, n = self.shard, self.comm.size
+        hw, c = x.shape[1:]
+        self._hw = hw  # temporal blocks do not nest: the way back reads it
+        x = x.unflatten(0, (-1, shard.sizes[shard.rank]))  # (B, T_l, HW, C)
+        b = x.shape[0]
+        pixels = split_sizes(hw, n)
+        chunks = list(x.split(pixels, dim=2))
+        parts = self.comm.all_to_all(chunks, [(b, shard.sizes[i], pixels[shard.rank], c) for i in range(n)])
+        return torch.cat(parts, dim=1).flatten(0, 1), context, shard.frames
+
+    def _to_frame_shards(self, block: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
+        """``(B·T, HW_local, C)`` -> ``(B·T_local, HW, C)``: the inverse of :meth:`_to_pixel_shards`."""
+        if self.shard is None:
+            return None
+        shard, n = self.shard, self.comm.size
+        c = out.shape[-1]
+        out = out.unflatten(0, (-1, shard.frames))  # (B, T, HW_l, C)
+        b, hw_local = out.shape[0], out.shape[2]
+        pixels = split_sizes(self._hw, n)
+        assert pixels[shard.rank] == hw_local
+        chunks = list(out.split(shard.sizes, dim=1))
+        parts = self.comm.all_to_all(chunks, [(b, shard.sizes[shard.rank], pixels[i], c) for i in range(n)])
+        return torch.cat(parts, dim=2).flatten(0, 1)
