@@ -227,7 +227,7 @@ def test_cli_generate_prompt_writes_the_pipeline_video(wan_folder, tmp_path) -> 
     out = tmp_path / "frames"
     small = ["--height", "16", "--width", "32", "--num-frames", "9", "--steps", "2", "--seed", "5"]
     cmd = [sys.executable, "-m", "vidiff.cli.main", "generate", "--prompt", "a cat runs", "--model", str(wan_folder),
-           "--output", f"{out}/", "--guidance-scale", "2", *small]
+           "--output", f"{out}/", "--guidance-scale", "2", "--max-memory", "8GiB", *small]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     frames = np.stack([np.asarray(PIL.Image.open(f), dtype=np.float32) / 255 for f in sorted(out.glob("*.png"))])
@@ -236,11 +236,14 @@ def test_cli_generate_prompt_writes_the_pipeline_video(wan_folder, tmp_path) -> 
                                              generator=torch.Generator().manual_seed(5)).frames[0]
     assert frames.shape[0] == 9
     assert np.abs(frames - expected).max() <= 0.5 / 255 + 1e-6  # 8-bit rounding only
-    assert json.loads((out / "settings.json").read_text())["flow_shift"] == 3.0
+    sidecar = json.loads((out / "settings.json").read_text())
+    assert sidecar["flow_shift"] == 3.0
+    assert sidecar["max_memory"] == "8GiB" and "decode_chunk_size=all" in sidecar["memory_plan"]  # roomy: fastest
 
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--num-frames", "8"], "num_frames=8"),
+    (["--max-memory", "1MiB"], "the most frugal controls need about"),
     (["--model", "BUNDLED"], "not a text-to-video model"),
     (["--model", "NO_TEXT"], "has no text encoder"),
     (["--model", "SINGLE", "--vae", "OTHER_VAE"], "not of the same Wan version"),
@@ -264,8 +267,9 @@ def test_cli_bad_prompt_requests_exit_2(wan_folder, tmp_path, capsys, extra, mes
     args += [paths.get(a, a) for a in extra]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "o.mp4").exists()
+    lines = [line for line in err.splitlines() if not line.startswith("Loading weights")]  # transformers' bar
+    assert message in err and len(lines) == 1
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o.mp4.json").exists()
 
 
 def test_cli_info_describes_wan_models(wan_folder, tmp_path, capsys) -> None:

@@ -24,7 +24,8 @@ class Stream:
         return self.tails.get(id(layer))
 
     def put(self, layer: nn.Module, tail: torch.Tensor) -> None:
-        self.tails[id(layer)] = tail
+        """Keep a copy of ``tail``: a view would keep the whole chunk's tensor alive until the next chunk."""
+        self.tails[id(layer)] = tail.clone()
 
 
 def _is_first(layer: nn.Module, stream: Stream | None) -> bool:

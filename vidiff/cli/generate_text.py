@@ -2,7 +2,9 @@
 
 The flags shared with image-to-video keep their meaning (``--height``, ``--width``, ``--num-frames``,
 ``--steps``, ``--seed``, ``--fps``, ``--output``, ``--device``, ``--dtype``); the defaults are diffusers' Wan
-ones (480×832, 81 frames, 50 steps, guidance 5, 16 fps). Bad input is a one-line error (exit code 2),
+ones (480×832, 81 frames, 50 steps, guidance 5, 16 fps). ``--max-memory`` chooses how many latent frames the
+3D VAE decodes at a time (the planner of ``vidiff.pipelines.memory``); the choice is recorded in the sidecar.
+Bad input is a one-line error (exit code 2),
 checked before any model is loaded where it can be.
 """
 
@@ -58,6 +60,9 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path]:
         check_num_frames(_value(args, "num_frames"))
     except ValueError as e:
         raise CLIError(f"--num-frames: {e}") from None
+    for flag, unset in (("offload", None), ("vae_tiling", False), ("attention_chunk", None)):
+        if getattr(args, flag, unset) != unset:
+            raise CLIError(f"--{flag.replace('_', '-')} is not available for Wan models: use --max-memory")
     if _value(args, "num_inference_steps") < 1:
         raise CLIError(f"--steps must be >= 1, got {args.num_inference_steps}")
     output = Path(args.output)
@@ -109,14 +114,17 @@ def run_text(args: argparse.Namespace) -> int:
     seed = _value(args, "seed")
     start = time.perf_counter()
     try:
-        frames = pipe(**settings, image=image, generator=torch.Generator().manual_seed(seed), output_type="pt").frames
+        result = pipe(**settings, image=image, generator=torch.Generator().manual_seed(seed), output_type="pt",
+                      max_memory=args.max_memory)
     except ValueError as e:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - start
-    video, post_record = apply_postprocess(frames[0], post)
+    video, post_record = apply_postprocess(result.frames[0], post)
     path = write_video(video, output, fps=_value(args, "fps"))
     sidecar = path / "settings.json" if video_format_for(output) == "png" else path.with_name(path.name + ".json")
     write_json_atomic({**settings, "seed": seed, "flow_shift": pipe.flow_shift, "model": str(model),
-                       "fps": _value(args, "fps"), **post_record}, sidecar)
+                       "fps": _value(args, "fps"), "max_memory": args.max_memory,
+                       "memory_plan": result.memory_plan.describe(),
+                       "decode_chunk_size": result.memory_plan.decode_chunk_size, **post_record}, sidecar)
     print(f"{path} ({seconds:.1f} s)")
     return 0

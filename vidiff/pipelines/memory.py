@@ -9,7 +9,9 @@ with a safety margin. ``benchmarks/memory_controls.py`` measures the real peaks 
 control in a fresh process, and ``tests/pipelines/test_memory.py`` holds every prediction between 1 and 2
 times its measurement on the CPU. On the CPU the figures include what the allocator keeps (see
 :func:`host_overhead`); the CUDA figures count the same blocks without it, not yet checked on a GPU.
-``check_fits`` refuses a generation that no combination fits on the device, before any work.
+``check_fits`` refuses a generation that no combination fits on the device, before any work. The Wan pipeline
+(a DiT and Wan's causal 3D VAE, :class:`CausalVAEShape`) is planned by the same functions, its one control being
+the latent frames decoded at a time (``benchmarks/memory_wan.py``, ``tests/pipelines/test_memory_wan.py``).
 """
 
 from __future__ import annotations
@@ -106,6 +108,36 @@ class ModelFootprint:
     unet_in_channels: int = 8
     vae_tile: int = 512  # pixels per tile side when tiling (the VAE's ``tile_latent_size`` x its downsampling)
     dit: DiTShape | None = None  # set when the denoiser is a DiT (then ``unet_*`` describe its one width)
+    causal_vae: CausalVAEShape | None = None  # set for Wan's causal 3D VAE (then ``vae_channels`` is unused)
+    text_encoder: tuple[int, int, int] | None = None  # a T5-style text encoder's (d_model, d_ff, heads)
+    clip_bytes_per_element: int | None = None  # the text / image encoders' dtype (None: the run's)
+
+
+@dataclass(frozen=True)
+class CausalVAEShape:
+    """Wan's causal 3D VAE (``vidiff.autoencoders.wan_vae``): the encoder's level widths (full resolution
+    first), the decoder's (deepest first), which encoder levels halve time, resnets per level, the pixel
+    patch (Wan 2.2: 2), whether the levels are residual (Wan 2.2), the latent and pixel channels."""
+
+    encoder: tuple[int, ...]
+    decoder: tuple[int, ...]
+    temporal: tuple[bool, ...]
+    blocks: int
+    patch: int = 1
+    residual: bool = False
+    z_dim: int = 16
+    in_channels: int = 3
+
+
+def causal_vae_shape(config: object) -> CausalVAEShape:
+    """The :class:`CausalVAEShape` of a ``WanVAEConfig``."""
+    mult = tuple(config.dim_mult)
+    dec = config.decoder_base_dim or config.base_dim
+    return CausalVAEShape(encoder=tuple(config.base_dim * m for m in (1, *mult)),
+                          decoder=tuple(dec * m for m in (mult[-1], *mult[::-1])),
+                          temporal=tuple(config.temperal_downsample), blocks=config.num_res_blocks,
+                          patch=config.patch_size or 1, residual=config.is_residual, z_dim=config.z_dim,
+                          in_channels=config.in_channels)
 
 
 def network_shape(config: object) -> dict[str, object]:
@@ -140,6 +172,13 @@ class RunShape:
     decode_overlap: int = 0  # frames of context decoded on each side of a chunk
     vae_bytes_per_element: int = 4  # the VAE runs in float32 unless the pipeline casts it
     device_type: str = "cuda"
+    temporal_downsample: int = 1  # pixel frames per latent frame (Wan: 4, after a first frame alone)
+    text_tokens: int = 512  # tokens per prompt of a text encoder
+
+
+def latent_frames(run: RunShape) -> int:
+    """Latent frames of a run: one per frame, or ``1 + (T - 1) / 4`` for Wan's causal VAE."""
+    return run.num_frames if run.temporal_downsample == 1 else (run.num_frames - 1) // run.temporal_downsample + 1
 
 
 # Live tensors of one spatio-temporal resnet, in units of ``(C_in + C_out) / 2`` feature maps: the input,
@@ -242,12 +281,13 @@ def _dit_activation_bytes(fp: ModelFootprint, run: RunShape) -> tuple[float, flo
     n = run.batch * (2 if run.guidance else 1)
     h, w = max(1, run.height // run.downsample), max(1, run.width // run.downsample)
     pt, ph, pw = fp.dit.patch
-    tokens = -(-run.num_frames // pt) * -(-h // ph) * -(-w // pw)
+    frames = latent_frames(run)
+    tokens = -(-frames // pt) * -(-h // ph) * -(-w // pw)
     b = max(run.bytes_per_element, 4)
     per_token = max(DIT_ATTENTION_MAPS * fp.dit.width, DIT_MLP_MAPS * fp.dit.width + DIT_FFN_MAPS * fp.dit.ffn_dim)
     maps = per_token * tokens * n * b
     scores = 0.0 if run.fused_attention else fp.dit.heads * tokens**2 * n * b
-    inputs = 2 * n * run.num_frames * (fp.unet_in_channels + fp.latent_channels) * h * w * b
+    inputs = 2 * n * frames * (fp.unet_in_channels + fp.latent_channels) * h * w * b
     largest = max(tokens * n * max(fp.dit.ffn_dim, 3 * fp.dit.width) * b, scores / max(fp.dit.heads, 1))
     return maps + scores + inputs, largest
 
@@ -280,6 +320,99 @@ def _vae_decode_bytes(fp: ModelFootprint, run: RunShape, chunk: int, tiling: boo
     return live, largest
 
 
+# Live maps of one causal resnet (``vidiff.autoencoders.wan_vae_blocks.ResidualBlock``), in units of its mean
+# width over the frames of a call plus the two its causal padding adds: the input (held for the shortcut), the
+# RMS norm and its two scalings, the SiLU, the padded copy, the convolution's output and oneDNN's copies.
+# Checked against peaks measured on the CPU (``benchmarks/memory_wan.py``).
+CAUSAL_RESNET_MAPS = 10
+# PyTorch's native CPU 3D convolution unfolds its input (vol2col): a 3x3x3 kernel's buffer is 27 input maps per
+# output frame. It runs when N*C*T*H of the input is at most 20480 (else oneDNN, whose copies the resnet maps
+# count), so only small inputs pay it. Not counted on CUDA (cuDNN's workspaces are not modelled).
+CONV3D_UNFOLD = 27
+CONV3D_NATIVE_MAX = 20480
+
+
+def _causal_levels(v: CausalVAEShape, pixels: int, frames: int, decode: bool,
+                   first: bool) -> list[tuple[str, int, int, int, int]]:
+    """``(kind, C_in, C_out, pixels, frames)`` of every causal convolution (``"conv"``) and resampler
+    (``"space"``, or ``"time"`` when it also resamples time) of the decoder (``decode``; ``pixels`` at the latent
+    resolution, ``frames`` latent frames per call) or the encoder (``pixels`` at the patched resolution,
+    ``frames`` pixel frames per call), in the order they run, each at its input's size. The clip's ``first``
+    call resamples its first frame alone (time ``1 + 2k`` <-> ``1 + k``)."""
+    dims = v.decoder if decode else v.encoder
+    temporal = v.temporal[::-1] if decode else v.temporal
+    if decode:
+        out = [("conv", v.z_dim, dims[0], pixels, frames)] + [("conv", dims[0], dims[0], pixels, frames)] * 4
+    else:
+        out = [("conv", v.in_channels, dims[0], pixels, frames)]
+    last = len(dims) - 2
+    for i in range(last + 1):
+        c_in = dims[i] // 2 if decode and i > 0 and not v.residual else dims[i]
+        for j in range(v.blocks + (1 if decode else 0)):
+            out += [("conv", c_in if j == 0 else dims[i + 1], dims[i + 1], pixels, frames),
+                    ("conv", dims[i + 1], dims[i + 1], pixels, frames)]
+        if i < last:
+            out.append(("time" if temporal[i] else "space", dims[i + 1], dims[i + 1], pixels, frames))
+            pixels = pixels * 4 if decode else max(1, pixels // 4)
+            if temporal[i]:
+                frames = (2 * frames - first) if decode else max(1, -(-frames // 2))
+    if not decode:
+        out += [("conv", dims[-1], dims[-1], pixels, frames)] * 4  # the mid block's two resnets
+    return [*out, ("conv", dims[-1], dims[-1], pixels, frames)]  # conv_out (counted at its input's width)
+
+
+def _causal_vae_bytes(fp: ModelFootprint, run: RunShape, chunk: int | None, decode: bool) -> tuple[float, float]:
+    """Live bytes of a causal 3D VAE pass at its peak, and its largest tensor.
+
+    The peak is the largest of one resnet (``CAUSAL_RESNET_MAPS`` maps of its mean width over the frames of a
+    call plus two of causal padding) or one resampler (its input and a copy, the resampled map and its
+    convolution's output, twice when time doubles; Wan 2.2 adds its shortcut), plus the last two input frames
+    every causal convolution keeps for the next call (a chunked pass), plus the video: the decoded frames,
+    their concatenation and clamped copy, or the input frames and their patched copy. The decoder runs
+    ``chunk`` latent frames per call (``None``: all), the encoder the first frame and then 4 per call.
+    """
+    v = fp.causal_vae
+    assert v is not None
+    h, w = max(1, run.height // run.downsample), max(1, run.width // run.downsample)
+    t = latent_frames(run)
+    if decode:  # the first call (latent frame 0 and the rest of its chunk) and, if any, a later one
+        calls, pixels, frames = chunk is not None, h * w, t if chunk is None else min(chunk, t)
+        shapes = [(frames, True)] + ([(frames, False)] if frames < t else [])
+    else:  # frame 0 alone, then 4 at a time
+        calls, pixels = True, max(1, run.height * run.width // v.patch**2)
+        shapes = [(1, True)] + ([(run.temporal_downsample, False)] if run.num_frames > 1 else [])
+    levels = [level for f, first in shapes for level in _causal_levels(v, pixels, f, decode, first)]
+    blocks, tails = [], 0.0  # (live elements, largest tensor, unfold buffer) of each layer's peak; causal tails
+    for i, (kind, c_in, c_out, px, f) in enumerate(levels):
+        counts_tail = calls and i < len(levels) // len(shapes)  # the tails of one call
+        if kind == "conv":
+            rows = round((px * run.height / run.width) ** 0.5)  # PyTorch's test for its native kernel:
+            native = run.batch * c_in * (f + 2) * (rows + 2) <= CONV3D_NATIVE_MAX  # N*C*T*H of the padded input
+            unfold = CONV3D_UNFOLD * c_in * px * f if run.device_type == "cpu" and native else 0
+            blocks.append((CAUSAL_RESNET_MAPS * (c_in + c_out) / 2 * px * (f + 2), max(c_in, c_out) * px * (f + 2),
+                           unfold))
+            tails += 2 * c_in * px if counts_tail else 0
+            continue
+        timed = kind == "time"
+        if decode:  # time_conv's 2C output and its interleaved copy, then the upsampled map and its conv
+            grown = c_out * 4 * px * f * (2 if timed else 1)
+            blocks.append(((4 if timed else 2) * c_out * px * f + 2 * grown * (2 if v.residual else 1), grown, 0))
+        else:  # the strided map, its padded copy and (downsample3d) the strided time convolution
+            blocks.append((4 * c_out * px * f, c_out * px * f, 0))
+        tails += 2 * c_out * px if timed and counts_tail else 0
+    video = run.batch * run.num_frames * 3 * run.height * run.width
+    vb = run.vae_bytes_per_element
+    peaks = []
+    for live, big, unfold in blocks:
+        live, big = (run.batch * (live + tails) + (3 if decode else 2) * video) * vb, max(big * run.batch, video) * vb
+        unfold *= run.batch * vb
+        if unfold >= GLIBC_MMAP_MAX:  # mapped and returned whole when freed: only the rest stays in the heap
+            live = unfold + (host_overhead(live, big) - HOST_WORKSPACE) / (host_overhead(1.0, unfold) - HOST_WORKSPACE)
+        peaks.append((live + (unfold if unfold < GLIBC_MMAP_MAX else 0), max(big, unfold)))
+    # the layer whose peak is largest as the device counts it (on the CPU, with the allocator's retention)
+    return max(peaks, key=lambda p: host_overhead(*p) if run.device_type == "cpu" else p[0])
+
+
 def stage_activations(fp: ModelFootprint, run: RunShape, plan: MemoryPlan) -> dict[str, float]:
     """Predicted bytes each stage (``clip``, ``encode``, ``denoise``: one UNet call, ``decode``) allocates
     while it runs, beyond the weights and the latents: its live activations, and on the CPU the
@@ -289,15 +422,26 @@ def stage_activations(fp: ModelFootprint, run: RunShape, plan: MemoryPlan) -> di
         live, largest = live_and_largest
         return host_overhead(live, largest) if run.device_type == "cpu" else live
 
-    chunk = run.num_frames if plan.decode_chunk_size is None else min(plan.decode_chunk_size, run.num_frames)
     image = run.batch * 3 * run.height * run.width * 4
+    clip = (4 * image, image)
+    if fp.text_encoder is not None:  # T5: per token the residual, q, k, v, output and the MLP; the scores
+        d_model, d_ff, heads = fp.text_encoder
+        prompts = run.batch * (2 if run.guidance else 1)
+        clip = (prompts * run.text_tokens * (6 * d_model + 2 * d_ff + heads * run.text_tokens) * 4, 0)
     one_frame = replace(run, num_frames=1, decode_overlap=0)
+    if fp.causal_vae is not None:  # image-to-video encodes the whole clip (image and black frames), TI2V one frame
+        encode = _causal_vae_bytes(fp, run if fp.unet_in_channels > fp.latent_channels else one_frame, None, False)
+        decode = _causal_vae_bytes(fp, run, plan.decode_chunk_size, True)
+    else:
+        chunk = run.num_frames if plan.decode_chunk_size is None else min(plan.decode_chunk_size, run.num_frames)
+        encode = _vae_decode_bytes(fp, one_frame, 1, plan.vae_tiling)
+        decode = _vae_decode_bytes(fp, run, chunk, plan.vae_tiling)
     return {
-        "clip": device_bytes((4 * image, image)),
-        "encode": device_bytes(_vae_decode_bytes(fp, one_frame, 1, plan.vae_tiling)),
+        "clip": device_bytes(clip),
+        "encode": device_bytes(encode),
         "denoise": device_bytes(_dit_activation_bytes(fp, run) if fp.dit is not None
                                 else _unet_activation_bytes(fp, run, plan.attention_chunk)),
-        "decode": device_bytes(_vae_decode_bytes(fp, run, chunk, plan.vae_tiling)),
+        "decode": device_bytes(decode),
     }
 
 
@@ -311,7 +455,7 @@ def estimate_peak(fp: ModelFootprint, run: RunShape, plan: MemoryPlan) -> dict[s
     """
     b, vb = run.bytes_per_element, run.vae_bytes_per_element
     weights = {
-        "clip": fp.clip_params * b,
+        "clip": fp.clip_params * (fp.clip_bytes_per_element or b),
         "encode": fp.vae_encoder_params * vb,
         "denoise": fp.unet_params * b,
         "decode": fp.vae_decoder_params * vb,
@@ -322,7 +466,7 @@ def estimate_peak(fp: ModelFootprint, run: RunShape, plan: MemoryPlan) -> dict[s
         resident = weights
     else:
         resident = dict.fromkeys(weights, float(fp.largest_layer_params * 4))
-    latents = run.batch * run.num_frames * fp.latent_channels * (run.height // run.downsample) * (
+    latents = run.batch * latent_frames(run) * fp.latent_channels * (run.height // run.downsample) * (
         run.width // run.downsample) * 4 * 4  # the sampler's state, its derivative, the denoised and the noise
     acts = stage_activations(fp, run, plan)
     stages = {k: resident[k] + act + latents for k, act in acts.items()}
@@ -348,12 +492,14 @@ def _plan_cost(plan: MemoryPlan, num_frames: int) -> float:
     return cost
 
 
-def candidate_plans(num_frames: int, device_type: str = "cuda") -> list[MemoryPlan]:
-    """Every combination of controls the planner considers (no offloading when the device is the CPU)."""
+def candidate_plans(num_frames: int, device_type: str = "cuda", *, chunks_only: bool = False) -> list[MemoryPlan]:
+    """Every combination of controls the planner considers (no offloading when the device is the CPU;
+    ``chunks_only``: decode chunks alone, the one control of the Wan pipeline, in latent frames)."""
     chunks: list[int | None] = [None, *[c for c in (14, 8, 4, 2, 1) if c < num_frames]]
-    offloads = ("none",) if device_type == "cpu" else OFFLOAD_MODES
+    offloads = ("none",) if device_type == "cpu" or chunks_only else OFFLOAD_MODES
+    attention, tilings = ((None,), (False,)) if chunks_only else ((None, 2, 1), (False, True))
     out = []
-    for offload, chunk, attn, tiling in itertools.product(offloads, chunks, (None, 2, 1), (False, True)):
+    for offload, chunk, attn, tiling in itertools.product(offloads, chunks, attention, tilings):
         out.append(MemoryPlan(offload=offload, decode_chunk_size=chunk, attention_chunk=attn, vae_tiling=tiling))
     return out
 
@@ -363,8 +509,9 @@ SAFETY_MARGIN = 1.15
 
 def _scored(fp: ModelFootprint, run: RunShape) -> list[tuple[float, float, MemoryPlan]]:
     """``(cost, predicted peak x SAFETY_MARGIN, plan)`` of every candidate plan."""
-    return [(_plan_cost(plan, run.num_frames), estimate_peak(fp, run, plan)["peak"] * SAFETY_MARGIN, plan)
-            for plan in candidate_plans(run.num_frames, run.device_type)]
+    frames = latent_frames(run) if fp.causal_vae is not None else run.num_frames
+    return [(_plan_cost(plan, frames), estimate_peak(fp, run, plan)["peak"] * SAFETY_MARGIN, plan)
+            for plan in candidate_plans(frames, run.device_type, chunks_only=fp.causal_vae is not None)]
 
 
 def _shape_words(run: RunShape) -> str:

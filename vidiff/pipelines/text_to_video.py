@@ -29,6 +29,16 @@ from vidiff.diffusion.flow_matching import (
 )
 from vidiff.networks.dit_wan import WanTransformer3D
 from vidiff.pipelines.image_to_video import _at_size, _images, _postprocess
+from vidiff.pipelines.memory import (
+    MemoryPlan,
+    ModelFootprint,
+    RunShape,
+    causal_vae_shape,
+    check_fits,
+    network_shape,
+    plan_for_budget,
+)
+from vidiff.pipelines.offload import device_memory
 
 __all__ = ["SAMPLERS", "TextToVideoOutput", "TextToVideoPipeline", "check_num_frames"]
 
@@ -39,9 +49,11 @@ SAMPLERS = {"flow_euler": (flow_euler_times, sample_euler), "unipc": (flow_unipc
 @dataclass
 class TextToVideoOutput:
     """``frames``: ``(B, T, H, W, 3)`` in [0, 1] for ``"np"``, ``(B, T, 3, H, W)`` for ``"pt"``, PIL lists for
-    ``"pil"``, normalised latents ``(B, t, C, h, w)`` for ``"latent"``."""
+    ``"pil"``, normalised latents ``(B, t, C, h, w)`` for ``"latent"``; ``memory_plan``: the decode chunk used
+    (chosen by the planner under ``max_memory``)."""
 
     frames: Any
+    memory_plan: MemoryPlan | None = None
 
     def __getitem__(self, index: int) -> Any:
         return (self.frames,)[index]
@@ -145,6 +157,40 @@ class TextToVideoPipeline:
         mask = mask[None, :, :, None, None].expand(1, -1, -1, *latent.shape[-2:])
         return torch.cat([mask, latent], dim=2).repeat(batch, 1, 1, 1, 1)
 
+    def footprint(self) -> ModelFootprint:
+        """Parameter counts and widths the memory planner needs (both experts of Wan 2.2 A14B are resident)."""
+        def count(*modules: torch.nn.Module | None) -> int:
+            return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+        encoders = [m for m in (self.text.text_encoder if self.text else None, self.image_encoder) if m is not None]
+        text_cfg = getattr(self.text.text_encoder, "config", None) if self.text else None
+        cfg = self.transformer.config
+        return ModelFootprint(
+            unet_params=count(self.transformer, self.transformer_2),
+            vae_decoder_params=count(self.vae.decoder, self.vae.post_quant_conv),
+            vae_encoder_params=count(self.vae.encoder, self.vae.quant_conv), clip_params=count(*encoders),
+            vae_channels=(self.vae.config.base_dim,), latent_channels=cfg.out_channels,
+            unet_in_channels=cfg.in_channels, causal_vae=causal_vae_shape(self.vae.config),
+            text_encoder=None if text_cfg is None else (text_cfg.d_model, text_cfg.d_ff, text_cfg.num_heads),
+            clip_bytes_per_element=max((next(m.parameters()).element_size() for m in encoders), default=None),
+            **network_shape(cfg))
+
+    def choose_plan(self, batch: int, height: int, width: int, num_frames: int, guided: bool,
+                    max_memory: str | int | None, decode_chunk_size: int | None,
+                    max_sequence_length: int = 512) -> MemoryPlan:
+        """The decode chunk (latent frames) to use: the cheapest predicted to fit ``max_memory`` (the planner
+        of :mod:`vidiff.pipelines.memory`), else ``decode_chunk_size`` once the device is checked to fit the
+        most frugal one. A budget or device too small is a ValueError naming the memory needed."""
+        run = RunShape(batch=batch, num_frames=num_frames, height=height, width=width, guidance=guided,
+                       bytes_per_element=self.transformer.proj_out.weight.element_size(),
+                       vae_bytes_per_element=self.vae.dtype.itemsize, downsample=self.vae.config.spatial_factor,
+                       device_type=self.device.type, temporal_downsample=self.vae.config.temporal_factor,
+                       text_tokens=max_sequence_length)
+        if max_memory is None:
+            check_fits(self.footprint(), run, device_memory(self.device), f"device {self.device}")
+            return MemoryPlan(decode_chunk_size=decode_chunk_size)
+        return plan_for_budget(self.footprint(), run, max_memory)[0]
+
     def _denoiser(self, network: WanTransformer3D, uncond: TextCond | None, scale: float,
                   first: Tensor | None = None) -> Any:
         # diffusers' UniPC hands the network integer timesteps; its flow-Euler scheduler, float ones
@@ -174,15 +220,21 @@ class TextToVideoPipeline:
         output_type: str = "np",
         max_sequence_length: int = 512,
         decode_chunk_size: int | None = 1,
+        max_memory: str | int | None = None,
     ) -> TextToVideoOutput:
-        """Generate ``num_frames`` frames; names and defaults as diffusers' Wan pipelines."""
+        """Generate ``num_frames`` frames; names and defaults as diffusers' Wan pipelines. ``decode_chunk_size``:
+        latent frames the VAE decodes at a time (exact; 1: the reference, None: all); ``max_memory`` (e.g.
+        ``"8GiB"``) chooses it instead: the fastest predicted to fit."""
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
         self._check(height, width, num_frames, image)
-        cond_text = self.encode_prompt(prompt, max_sequence_length) if prompt_embeds is None else prompt_embeds
-        batch = cond_text.shape[0] * num_videos_per_prompt
-        cond_text = cond_text.repeat_interleave(num_videos_per_prompt, dim=0)
+        batch = (1 if prompt_embeds is None and isinstance(prompt, str) else
+                 len(prompt) if prompt_embeds is None else prompt_embeds.shape[0]) * num_videos_per_prompt
         guided = guidance_scale > 1.0 or (guidance_scale_2 is not None and guidance_scale_2 > 1.0)
+        plan = self.choose_plan(batch, height, width, num_frames, guided, max_memory, decode_chunk_size,
+                                max_sequence_length)
+        cond_text = self.encode_prompt(prompt, max_sequence_length) if prompt_embeds is None else prompt_embeds
+        cond_text = cond_text.repeat_interleave(num_videos_per_prompt, dim=0)
         uncond_text = None
         if guided:
             if negative_prompt_embeds is None:
@@ -226,6 +278,6 @@ class TextToVideoPipeline:
             x = torch.cat([first.expand(x.shape[0], -1, -1, -1, -1), x[:, 1:]], dim=1)
 
         if output_type == "latent":
-            return TextToVideoOutput(x)
-        frames = self.vae.decode_latents(x.to(self.vae.dtype), chunk_frames=decode_chunk_size)
-        return TextToVideoOutput(_postprocess(frames, output_type))
+            return TextToVideoOutput(x, plan)
+        frames = self.vae.decode_latents(x.to(self.vae.dtype), chunk_frames=plan.decode_chunk_size)
+        return TextToVideoOutput(_postprocess(frames, output_type), plan)
