@@ -42,7 +42,7 @@ def test_parallel_without_a_distributed_launch_fails_in_one_line(image: Path, tm
     write_video(np.zeros((4, 3, 64, 64), np.float32), clip, fps=8)
     for other in (["--video", str(clip)], ["--prompt", "a cat"]):  # paths --parallel does not split: refused
         assert main(["generate", *other, "--output", str(out), "--parallel", "frames", *SMALL]) == 2
-        assert "splits image-to-video only" in capsys.readouterr().err
+        assert "image-to-video only" in capsys.readouterr().err
     assert not out.exists()
 
 

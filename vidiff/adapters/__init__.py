@@ -1,8 +1,19 @@
-"""vidiff.adapters: LoRA (and control) adapters that wrap a network's layers, and their file formats.
+"""vidiff.adapters: LoRA and camera-control adapters that wrap a network's layers, and their file formats.
 
 Imports ``networks`` and ``io`` only; pipelines and training use it.
 """
 
+from vidiff.adapters.camera import (
+    CAMERA_PRESETS,
+    CameraAdapter,
+    attach_camera,
+    camera_flow,
+    camera_preset,
+    detach_camera,
+    read_camera_adapter,
+    resolve_camera,
+    write_camera_adapter,
+)
 from vidiff.adapters.formats import (
     LORA_FORMATS,
     LoRAFile,
@@ -28,23 +39,32 @@ from vidiff.adapters.lora import (
 )
 
 __all__ = [
+    "CAMERA_PRESETS",
     "DEFAULT_TARGETS",
     "LORA_FORMATS",
+    "CameraAdapter",
     "LoRAAdapter",
     "LoRAFile",
     "LoRALayer",
+    "attach_camera",
     "attach_lora",
     "attached_loras",
+    "camera_flow",
+    "camera_preset",
+    "detach_camera",
     "detach_lora",
     "detect_lora_format",
     "fuse_loras",
     "layer_names",
     "match_targets",
+    "read_camera_adapter",
     "read_lora",
+    "resolve_camera",
     "state_sha256",
     "sync_hooks",
     "targetable_modules",
     "unet_from_config",
     "unfuse_loras",
+    "write_camera_adapter",
     "write_lora",
 ]

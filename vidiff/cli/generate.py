@@ -10,7 +10,13 @@ from pathlib import Path
 
 from vidiff import __version__
 from vidiff.cli.batch import add_batch_arguments, check_single_or_batch, run_batch
-from vidiff.cli.generate_adapters import adapter_record, add_adapter_arguments, apply_adapters, check_adapter_args
+from vidiff.cli.generate_adapters import (
+    adapter_record,
+    add_adapter_arguments,
+    apply_adapters,
+    apply_camera,
+    check_adapter_args,
+)
 from vidiff.cli.generate_long import add_long_arguments, check_long_arguments, long_requested, run_long
 from vidiff.cli.generate_parallel import (
     add_parallel_arguments,
@@ -225,8 +231,9 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
 
 def run(args: argparse.Namespace) -> int:
     check_sv3d_arguments(args)
-    if args.parallel is not None and (text_requested(args) or video_requested(args)):
-        raise CLIError(f"--parallel {args.parallel} splits image-to-video only, not --prompt or --video runs")
+    for flag, value in (("--parallel", args.parallel), ("--camera", args.camera)):
+        if value is not None and (text_requested(args) or video_requested(args)):
+            raise CLIError(f"{flag} {value}: image-to-video only, not --prompt or --video runs")
     if text_requested(args):
         return run_text(args)
     if video_requested(args):
@@ -257,8 +264,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     pipe, camera = sv3d_pipeline(pipe, args, settings)  # SV3D: the orbit pipeline and its camera
     apply_adapters(pipe, loras, args.lora_partial)
+    settings = apply_camera(pipe, args, model, settings)  # --camera: its adapter, path and motion bucket
     image = read_image(image_path)
     long = long_requested(args, pipe, settings)
+    if long and args.camera is not None:
+        raise CLIError(f"--camera {args.camera}: a camera path covers one clip of the model's length, not a long "
+                       "video (--num-frames beyond it, --end-image or --long-mode)")
     layout = start_parallel(args, pipe, settings, image, long=long)
     if long:
         return run_long(args, pipe, image, image_path, output, settings, model, post)
@@ -289,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         "image": str(image_path),
         "image_sha256": _sha256(image_path),
         "output": str(output),
-        **adapter_record(pipe),  # each LoRA: path, file hash, scale, base-model hash
+        **adapter_record(pipe),  # each LoRA: path, file hash, scale, base-model hash; the camera path
         **result.run,  # device, dtypes, memory plan, tiling, attention chunk, fast path, torch version
         **parallel_record(layout),  # --parallel: mode and world size
         "generation_seconds": round(seconds, 3),

@@ -46,7 +46,7 @@ from vidiff.diffusion import (
 from vidiff.networks.fast import FastPath, apply_fast_path
 from vidiff.pipelines.defaults import FAMILIES, ModelFamily, default_settings, sgm_image_size
 from vidiff.pipelines.loading import LoadedModel, load_model
-from vidiff.pipelines.lora import LoRAMixin
+from vidiff.pipelines.lora import CameraMixin, LoRAMixin
 from vidiff.pipelines.memory import (
     MemoryPlan,
     ModelFootprint,
@@ -137,7 +137,7 @@ def _pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
-class ImageToVideoPipeline(LoRAMixin):
+class ImageToVideoPipeline(LoRAMixin, CameraMixin):
     """SVD / SVD-XT / SV3D image-to-video. Build with :meth:`from_pretrained`, run with ``pipe(image, ...)``.
 
     ``dtype`` applies to every component, as diffusers' ``torch_dtype``; ``vae_dtype`` keeps the VAE in

@@ -1,5 +1,6 @@
-"""LoRA loading for the pipelines: ``pipe.load_lora(path, scale)``, ``set_lora_scales``, ``unload_lora``,
-``fuse_lora`` / ``unfuse_lora``, as a mixin the image-to-video pipeline inherits.
+"""Adapter loading for the pipelines, as mixins the image-to-video pipeline inherits: LoRA (``pipe.load_lora(path,
+scale)``, ``set_lora_scales``, ``unload_lora``, ``fuse_lora`` / ``unfuse_lora``) and camera control
+(``load_camera_adapter``, ``set_camera``, ``unload_camera_adapter``).
 
 Each LoRA runs beside the UNet's layers (``vidiff.adapters.lora``) until fused; fusing adds ``scale · ΔW``
 into the weights and unfusing puts the saved weights back bit for bit. Loading is strict: a tensor naming
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from vidiff.adapters import (
@@ -31,8 +33,9 @@ from vidiff.adapters import (
     targetable_modules,
     unfuse_loras,
 )
+from vidiff.adapters.camera import CameraAdapter, attach_camera, detach_camera, path_record, read_camera_adapter
 
-__all__ = ["LoRAMixin", "LoadedLoRA", "file_sha256"]
+__all__ = ["CameraMixin", "LoRAMixin", "LoadedCamera", "LoadedLoRA", "file_sha256"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -169,3 +172,61 @@ class LoRAMixin:
         sync_hooks(self.unet)  # a hook only where a LoRA runs unfused at a non-zero scale
         # fused q/k/v snapshots of the weights: taken again (or dropped where a LoRA hook runs)
         self.set_fast_path(self.fast_path)  # type: ignore[attr-defined]
+
+
+@dataclass
+class LoadedCamera:
+    """The loaded camera adapter: where it came from, its file hash and the base model it was made for."""
+
+    path: str
+    sha256: str
+    adapter: CameraAdapter
+    base_model_sha256: str | None
+    motion_bucket_scale: float | None = None  # of the training data: a path's motion bucket (vidiff.training.data)
+
+
+class CameraMixin:
+    """Camera control for a pipeline with a ``unet`` (``vidiff.adapters.camera``, MotionCtrl-style):
+    ``pipe.load_camera_adapter(path)``, ``pipe.set_camera("zoom-in" | "path.json" | (T, 4) tensor | None)``,
+    then generate as usual; ``unload_camera_adapter()`` restores the plain network."""
+
+    unet: nn.Module
+    camera_adapter: LoadedCamera | None = None
+
+    def load_camera_adapter(self, path: str | os.PathLike) -> None:
+        """Load a camera adapter file (strict: one made for another architecture is a ``ValueError`` naming the
+        block that differs); replaces one loaded before. Its camera starts unset (the base model's output)."""
+        path = Path(path)
+        adapter, meta = read_camera_adapter(path)
+        base = meta.get("base_model_sha256")
+        if self.camera_adapter is not None:
+            self.unload_camera_adapter()
+        attach_camera(self.unet, adapter.to(next(self.unet.parameters()).device))
+        hashed = getattr(self, "base_model_sha256", None)  # LoRAMixin's, computed once
+        own = hashed() if hashed is not None else state_sha256(self.unet.state_dict())
+        if base and base != own:
+            warnings.warn(f"{path}: made for a base model with hash {base[:12]}…, this one is {own[:12]}… "
+                          "(a fine-tune or another model?)", stacklevel=2)
+        self.camera_adapter = LoadedCamera(str(path), file_sha256(path), adapter, base,
+                                           meta.get("motion_bucket_scale"))
+
+    def set_camera(self, camera: str | torch.Tensor | None) -> None:
+        """The camera path the next generations follow: a preset name (``CAMERA_PRESETS``), a ``.json`` path file,
+        a ``(num_frames, 4)`` tensor, or None for none. Needs :meth:`load_camera_adapter` first."""
+        if self.camera_adapter is None:
+            raise ValueError("no camera adapter is loaded: load_camera_adapter(path) first")
+        self.camera_adapter.adapter.set_camera(camera)
+
+    def unload_camera_adapter(self) -> None:
+        """Remove the camera adapter: the UNet runs as the plain network again."""
+        detach_camera(self.unet)
+        self.camera_adapter = None
+
+    def camera_record(self) -> dict[str, Any] | None:
+        """The sidecar's ``camera`` entry: the request, the path of every frame, and the adapter's file and hash."""
+        c = self.camera_adapter
+        if c is None or c.adapter.camera is None:
+            return None
+        spec = c.adapter.camera
+        return {**path_record(c.adapter.last_path, spec if isinstance(spec, str) else None),
+                "adapter": c.path, "sha256": c.sha256, "base_model_sha256": c.base_model_sha256}

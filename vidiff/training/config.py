@@ -8,11 +8,8 @@ keys by name; ``to_yaml`` writes the resolved config next to the run's output.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +19,8 @@ from vidiff.diffusion.losses import WEIGHTINGS
 from vidiff.diffusion.scalings import SCALINGS, DiscreteEpsScaling
 from vidiff.diffusion.schedules import BETA_SCHEDULES, beta_schedule_config
 from vidiff.io.atomic import write_text_atomic
+from vidiff.training.config_io import ConfigError, _build, _check, _one_of, _plain, apply_overrides
 from vidiff.training.dit import DiTSizes
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the offending field."""
-
-
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{name} {msg}")
-
-
-def _one_of(value: Any, name: str, choices: tuple[Any, ...]) -> None:
-    _check(value in choices, name, f"must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -186,7 +171,7 @@ class DataConfig:
     components: tuple[MixtureComponent, ...] = ()
 
     def __post_init__(self) -> None:
-        _one_of(self.dataset, "data.dataset", ("moving_shapes", "camera_move", "video_folder", "mixture"))
+        _one_of(self.dataset, "data.dataset", ("moving_shapes", "camera_move", "video_folder", "mixture", "orbits"))
         if self.dataset == "mixture":
             _check(len(self.components) > 0, "data.components", "must list at least one source for mixture")
         if self.dataset == "video_folder":
@@ -387,6 +372,18 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True)
+class CameraConfig:
+    """Train only a camera adapter (``vidiff.adapters.camera``, MotionCtrl-style input to the temporal blocks) of
+    MLP width ``hidden``, on data whose items carry their camera path (``camera_move``). The run exports
+    ``OUTPUT_DIR/camera_adapter.safetensors`` (with the base model's hash) instead of a model."""
+
+    hidden: int = 128
+
+    def __post_init__(self) -> None:
+        _check(self.hidden >= 1, "camera.hidden", f"must be >= 1, got {self.hidden}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The whole run. ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler,
     CUDA only)."""
@@ -408,9 +405,12 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     stages: tuple[StageConfig, ...] = ()
     lora: LoRAConfig | None = None
+    camera: CameraConfig | None = None
 
     def __post_init__(self) -> None:
         _check(self.lora is None or not self.stages, "lora", "trains only the adapters: leave stages empty")
+        _check(self.camera is None or not (self.stages or self.lora), "camera",
+               "trains only the camera adapter: leave stages and lora empty")
         _check(bool(self.output_dir), "output_dir", "must be set")
         _one_of(self.device, "device", ("auto", "cpu", "cuda"))
         _one_of(self.precision, "precision", ("fp32", "bf16", "fp16"))
@@ -454,7 +454,7 @@ class TrainConfig:
             raise ConfigError(f"cannot parse {path}: {' '.join(str(e).split())}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
-        return cls.from_dict(apply_overrides(data, overrides))
+        return cls.from_dict(apply_overrides(data, overrides, TrainConfig))
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -464,136 +464,3 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
-
-
-# -- helpers -------------------------------------------------------------------------------------------
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
-    hints = _hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (known: {sorted(known)})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field is missing
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from e
-
-
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert a YAML / command-line value to type ``tp`` or raise naming the field."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))
-        if is_none and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, name)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{name}: cannot parse {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, f"{name}.")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{name} must have {len(args)} items, got {list(value)}")
-        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{name} must be a boolean, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value))
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (tuple, list)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of ``data`` with ``a.b=value`` overrides set (values are YAML-parsed strings;
-    typed conversion happens when the dataclasses are built)."""
-    out = copy.deepcopy(data)  # YAML trees: dicts, lists and scalars
-    for item in overrides:
-        text = item[2:] if item.startswith("--") else item
-        if "=" not in text:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        key, raw = text.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"override {item!r} has an empty key")
-        cls: Any = TrainConfig
-        node = out
-        for i, p in enumerate(parts):
-            dotted = ".".join(parts[: i + 1])
-            if not (dataclasses.is_dataclass(cls) and p in {f.name for f in fields(cls)}):
-                raise ConfigError(f"unknown config key {dotted}")
-            tp = _hints(cls)[p]
-            inner = [a for a in typing.get_args(tp) if a is not type(None)]  # ``X | None`` sections (lora)
-            tp = inner[0] if len(inner) == 1 and dataclasses.is_dataclass(inner[0]) else tp
-            if i == len(parts) - 1:
-                node[p] = raw if tp is str or str in typing.get_args(tp) else _yaml_value(raw)
-            else:
-                cls = tp
-                node = node.setdefault(p, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"{dotted} is not a mapping")
-    return out
-
-
-def _yaml_value(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-

@@ -442,7 +442,8 @@ class CameraMoveDataset(Dataset):
     ``images`` are paths or ``(3, H, W)`` tensors in [0, 1]; ``None`` uses :func:`skimage_photographs`.
     Item ``index`` uses image ``index % len(images)`` and depends only on ``(seed, index)``. Items also carry
     ``"flow" (T, 2, H, W)``: the exact backward flow of every frame to frame 0 in output pixels
-    (``video[k](q) ≈ video[0](q + flow[k](q))``, the convention of ``vidiff.metrics.flow``).
+    (``video[k](q) ≈ video[0](q + flow[k](q))``, the convention of ``vidiff.metrics.flow``), and
+    ``"camera" (T, 4)``: the move as a camera path (``vidiff.adapters.camera``: pan x/y, zoom, roll).
     """
 
     def __init__(self, images: Sequence[str | os.PathLike | torch.Tensor] | None = None,
@@ -550,4 +551,6 @@ class CameraMoveDataset(Dataset):
         bucket = motion_bucket_from_magnitude(m, scale=self.motion_bucket_scale)
         item = _item(video.clamp(0, 1), self.fps, bucket, f"camera_move/{index}/{move}", 0)
         item["flow"] = flow.contiguous()
+        # the move as a camera path (vidiff.adapters.camera): pan in window sizes, magnification, roll in degrees
+        item["camera"] = torch.stack([(cx - cx[0]) / wb, (cy - cy[0]) / hb, 1 / zoom, torch.rad2deg(theta)], 1).float()
         return item

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidiff.adapters.training import attach_trainable_lora, export_trained_lora
+from vidiff.adapters.training import (
+    attach_trainable_camera,
+    attach_trainable_lora,
+    export_trained_camera,
+    export_trained_lora,
+    set_batch_camera,
+)
 from vidiff.training import distributed as D
 from vidiff.training.checkpoint import (
     CheckpointCorruptError,
@@ -187,6 +193,8 @@ def _build_bundle(cfg: TrainConfig) -> ModelBundle:
     if cfg.lora is not None:  # only these adapters train (see the stage in _train)
         attach_trainable_lora(bundle.unet, rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets,
                               dropout=cfg.lora.dropout)
+    if cfg.camera is not None:  # likewise the camera adapter (vidiff.adapters.camera)
+        attach_trainable_camera(bundle.unet, hidden=cfg.camera.hidden)
     return bundle
 
 
@@ -202,6 +210,11 @@ def _export(cfg: TrainConfig, bundle: ModelBundle, weights: dict[str, torch.Tens
     if cfg.lora is not None:  # the adapters alone, small, with the base model's hash
         path = Path(cfg.output_dir) / "lora.safetensors"
         export_trained_lora(bundle.unet, weights, path, prefix="unet.", targets=cfg.lora.targets)
+        return path
+    if cfg.camera is not None:
+        path = Path(cfg.output_dir) / "camera_adapter.safetensors"
+        export_trained_camera(bundle.unet, weights, path, prefix="unet.",
+                              motion_bucket_scale=cfg.data.motion_bucket_scale)
         return path
     return export_model(bundle, weights, Path(cfg.output_dir) / "model", cfg.model.init_from,
                         dtype=getattr(torch, cfg.checkpoint.export_dtype))
@@ -228,6 +241,8 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
     bsz, accum = cfg.data.batch_size, cfg.optim.grad_accum
     global_batch = bsz * accum * world
     lora_stage = (StageConfig("lora", trainable=("unet.lora.*",)),) if cfg.lora is not None else None
+    if cfg.camera is not None:
+        lora_stage = (StageConfig("camera", trainable=("unet.camera.*",)),)
     spans = stage_spans(lora_stage or cfg.stages, cfg.schedule.max_steps)
     for s in spans:
         missing = unmatched_patterns(module, s.trainable)
@@ -245,7 +260,10 @@ def _train(cfg: TrainConfig, env: D.DistEnv, resume: bool) -> TrainResult:
                                          shuffle=cfg.data.shuffle, fixed_batch=cfg.data.fixed_batch)
         positions = D.shard_positions(batch_size=bsz, grad_accum=accum, world_size=world, rank=env.rank,
                                       micro_step=micro)
-        x0, cond_fn, image_shape = prepare_batch(bundle, [fetch(*indices[p]) for p in positions], device)
+        items = [fetch(*indices[p]) for p in positions]
+        x0, cond_fn, image_shape = prepare_batch(bundle, items, device)
+        if cfg.camera is not None:  # the camera adapter reads each clip's path
+            set_batch_camera(bundle.unet, items)
         draws = sample_draws(cfg.loss, seed=cfg.seed, step=step, positions=positions,
                              image_shape=image_shape, latent_shape=tuple(x0.shape[1:]), device=device)
         return x0, cond_fn(draws), draws

@@ -16,6 +16,8 @@ Two sources (``ModelConfig``):
   As SVD (Blattmann et al. 2023): ``x₀`` = VAE mode of every frame × 0.18215; concat = *unscaled* VAE mode of
   the noise-augmented first frame, the same for every frame; crossattn = the CLIP image embedding of the
   clean conditioning image; vector = sinusoids of ``[fps − 1, motion_bucket_id, noise_aug_strength]``.
+  Orbit items (``data.dataset: orbits``, ``vidiff.training.orbits``) carry each frame's camera and make the
+  model an SV3D_p (Voleti et al. 2024): vector = ``sv3d_camera_vector`` per frame, ``(B, T, 1280)``.
 
 CFG dropout (Ho & Salimans 2022; sgm ``GeneralConditioner.ucg_rate``): per sample, with probability
 ``loss.ucg_rate``, the CLIP token and the concat latent are zeroed — exactly the unconditional branch the
@@ -32,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidiff.conditioning import Cond, drop_conditions, embed_scalars, noise_augment
+from vidiff.conditioning import Cond, drop_conditions, embed_scalars, noise_augment, sv3d_camera_vector
 from vidiff.diffusion.scalings import SCALINGS
 from vidiff.diffusion.schedules import DiscreteSchedule, beta_schedule_config
 from vidiff.networks.motion import MotionPredictor, MotionPredictorConfig
@@ -120,6 +122,9 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
                  if getattr(cfg, k) is not None}
         if "addition_time_embed_dim" in sizes:
             sizes["projection_class_embeddings_input_dim"] = 3 * sizes["addition_time_embed_dim"]
+        if data.dataset == "orbits":  # SV3D_p's per-frame vector: cond_aug 256 + polar 512 + azimuth 512
+            sv3d_p = UNET_PRESETS["sv3d_p"]
+            sizes["projection_class_embeddings_input_dim"] = sv3d_p.projection_class_embeddings_input_dim
         if cfg.backbone == "dit":  # Wan's transformer in the UNet's place (vidiff.training.dit)
             from vidiff.training.dit import build_dit, check_dit_shapes
 
@@ -158,6 +163,12 @@ def build_dataset(cfg: DataConfig, *, seed: int) -> torch.utils.data.Dataset:
                    for i, c in enumerate(cfg.components)]
         return data_mod.MixtureDataset(sources, [c.weight for c in cfg.components], num_samples=cfg.num_samples,
                                        seed=seed)
+    if cfg.dataset == "orbits":  # SV3D orbits (vidiff.training.orbits): a folder with camera sidecars, or rendered
+        from vidiff.training import orbits
+
+        if cfg.root:
+            return orbits.OrbitFolderDataset(cfg.root, cfg.num_frames, size)
+        return orbits.SyntheticOrbitDataset(cfg.num_samples, cfg.num_frames, size, seed=seed)
     if cfg.dataset == "video_folder":
         return data_mod.VideoFolderDataset(cfg.root, num_frames=cfg.num_frames, size=size, seed=seed,
                                            motion_bucket_id=cfg.motion_bucket_id, **extra)
@@ -198,8 +209,12 @@ def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, tor
                               for it in items]).to(device)
     fps = torch.tensor([float(it["fps"]) for it in items], device=device)
     mbid = torch.tensor([float(it["motion_bucket_id"]) for it in items], device=device)
-    return {"video": video, "cond_image": cond_image, "fps": fps, "motion_bucket_id": mbid,
-            "flows": [it.get("flow") for it in items]}
+    batch = {"video": video, "cond_image": cond_image, "fps": fps, "motion_bucket_id": mbid,
+             "flows": [it.get("flow") for it in items]}
+    if "azimuths_deg" in items[0]:  # orbits: the camera of every frame (vidiff.training.orbits)
+        for key in ("elevations_deg", "azimuths_deg"):
+            batch[key] = torch.stack([torch.as_tensor(it[key], dtype=torch.float64) for it in items]).to(device)
+    return batch
 
 
 @torch.no_grad()
@@ -260,8 +275,11 @@ def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torc
         noisy = noise_augment(image, aug, noise=draws.aug_noise)  # SVD conditioning noise augmentation
         concat = _encode_mode(bundle.vae, noisy) if bundle.vae is not None else noisy
         concat = concat[:, None].expand(-1, t, -1, -1, -1)  # the same for every frame
-        ids = torch.stack([batch["fps"] - 1, batch["motion_bucket_id"], aug], dim=1)  # (B, 3)
-        vector = embed_scalars(ids, ucfg.addition_time_embed_dim)  # (B, 3·dim) sinusoids
+        if "azimuths_deg" in batch:  # SV3D_p (Voleti et al. 2024): per-frame camera vector (B, T, 1280)
+            vector = sv3d_camera_vector(batch["elevations_deg"], batch["azimuths_deg"], aug[:, None]).float()
+        else:
+            ids = torch.stack([batch["fps"] - 1, batch["motion_bucket_id"], aug], dim=1)  # (B, 3)
+            vector = embed_scalars(ids, ucfg.addition_time_embed_dim)  # (B, 3·dim) sinusoids
         return drop_conditions(Cond(crossattn=crossattn, vector=vector, concat=concat), draws.keep)
 
     return x0, make_cond, tuple(image.shape[1:])
