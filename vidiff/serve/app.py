@@ -271,7 +271,10 @@ def create_app(config: ServeConfig) -> FastAPI:
                 await asyncio.sleep(0.05)
                 if not new:
                     job = store.get(job_id)
-            if job is not None:  # finished without a final event in the log (it was dropped or never made)
+            new, done = events.since(job_id, index)  # what was published while the job finished
+            for event in new:
+                yield _sse(event)
+            if job is not None and not done:  # finished without a final event in the log (dropped or never made)
                 yield _sse({"event": "state", **job.public()})
 
         return StreamingResponse(stream(), media_type="text/event-stream",
