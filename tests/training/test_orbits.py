@@ -4,9 +4,6 @@ errors, the per-frame camera vector a training batch gets, and exact resume of a
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +25,7 @@ from vidiff.training.orbits import (
     write_orbit_folder,
 )
 
-from .conftest import REPO, cli_env, load_ckpt_tensors, read_metrics, run_cli, train_cmd
+from .conftest import REPO, assert_sigkill_resume_is_exact, run_cli, train_cmd
 
 CONFIG = REPO / "configs" / "sv3d_p_orbits.yaml"
 PALETTE = ((0.8, 0.2, 0.2), (0.2, 0.8, 0.2), (0.2, 0.2, 0.8), (0.8, 0.8, 0.2))
@@ -133,38 +130,4 @@ def _overrides(out: Path) -> list[str]:
 @pytest.mark.slow
 def test_sv3d_p_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     """As ``test_resume_kill`` for SVD: a tiny SV3D_p on orbits, killed after a checkpoint, resumes bit-exactly."""
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    done = run_cli(train_cmd(CONFIG, *_overrides(ref)))
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    proc = subprocess.Popen(train_cmd(CONFIG, *_overrides(killed)), cwd=REPO, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pointer = killed / "checkpoints" / "latest"
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if pointer.is_file() and pointer.read_text().strip() >= "step-00000002":
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = int(pointer.read_text().strip().split("-")[1])
-    assert 2 <= killed_at < STEPS
-
-    resumed = run_cli(train_cmd(CONFIG, *_overrides(killed), "--resume"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads(resumed.stdout.strip().splitlines()[-1])["resumed_from"] == killed_at
-    final = f"step-{STEPS:08d}"
-    a, b = load_ckpt_tensors(ref / "checkpoints" / final), load_ckpt_tensors(killed / "checkpoints" / final)
-    for part in ("model", "ema", "optimizer"):
-        assert a[part].keys() == b[part].keys(), part
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}/{k} differs after resume"  # bitwise
-    ra = {r["step"]: r["loss"] for r in read_metrics(ref)}
-    rb = {r["step"]: r["loss"] for r in read_metrics(killed)}
-    assert all(ra[s] == rb[s] for s in range(killed_at + 1, STEPS + 1))
+    assert_sigkill_resume_is_exact(tmp_path, CONFIG, _overrides, STEPS, kill_after=2)
