@@ -81,18 +81,24 @@ def _child(base: int, frames: int, height: int, width: int, stage: str, chunk: s
     print(json.dumps({"peak": peak, "predicted": predicted, "plan": plan.describe()}))
 
 
-def measure(settings: list[tuple], budget: str = BUDGET) -> list[dict]:
-    """Run every setting in its own process; each result: the setting's fields, ``peak``, ``predicted``, ``plan``."""
+def measure(settings: list[tuple], budget: str = BUDGET, repeats: int = 3) -> list[dict]:
+    """Run every setting in fresh processes; each result: the setting's fields, ``peak`` (the median of
+    ``repeats`` processes: one run's peak varies by tens of MiB on a loaded machine, as in memory_controls.py),
+    ``predicted``, ``plan``."""
     results = []
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for label, base, frames, height, width, stage, chunk in settings:
         cmd = [sys.executable, __file__, "--child", json.dumps([base, frames, height, width, stage, str(chunk)]),
                "--budget", budget]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-        if proc.returncode != 0:
-            results.append({"setting": label, "error": proc.stderr.strip().splitlines()[-1]})
-            continue
-        results.append({"setting": label, **json.loads(proc.stdout.strip().splitlines()[-1])})
+        runs = []
+        for _ in range(repeats):
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+            if proc.returncode != 0:
+                runs = [{"error": proc.stderr.strip().splitlines()[-1]}]
+                break
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        runs.sort(key=lambda r: r.get("peak", 0))
+        results.append({"setting": label, **runs[len(runs) // 2]})
     return results
 
 
