@@ -155,7 +155,9 @@ def _write_av(arr: np.ndarray, dst: str, fps: Fraction, fmt: str, crf: int | Non
                           f"{w + w % 2}x{h + h % 2}", stacklevel=3)
             arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
             h, w = arr.shape[1:3]
-        opts = {"crf": str(18 if crf is None else crf), "preset": "medium"}
+        # one x264 thread: the same frames give the same bytes however loaded the machine is (with frame
+        # threads the stream differed under load: batch runs on 2 ranks did not match one process)
+        opts = {"crf": str(18 if crf is None else crf), "preset": "medium", "threads": "1"}
     elif fmt == "webm":
         codec, container_fmt, pix_fmt = "libvpx-vp9", "webm", pix_fmt or "yuv420p"
         opts = {"crf": str(30 if crf is None else crf), "b": "0", "row-mt": "1", "deadline": "good",
