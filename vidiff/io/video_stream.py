@@ -162,7 +162,7 @@ class VideoStreamWriter:
             write_video_stream(self._frames(), path, fps, num_frames, format=fmt)
         except BaseException as e:  # handed to the producer at its next push or at close
             self._error = e
-            while self._thread.is_alive() and not self._queue.empty():
+            while not self._queue.empty():
                 self._queue.get_nowait()  # unblock a producer waiting on a full queue
 
     def _put(self, item: Any) -> None:
