@@ -63,7 +63,8 @@ IMAGE_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WE
                     ".tif": "TIFF", ".tiff": "TIFF"}
 FOLDER_META = "video.json"
 # swscale's default yuv420p<->rgb24 fast path replicates chroma (nearest), costing ~10 dB PSNR on smooth
-# colour; full chroma interpolation with accurate rounding is used both ways instead.
+# colour; full chroma interpolation with accurate rounding is used both ways instead. Conversions run on one
+# thread: swscale's slice threads gave different pixels at slice edges when the machine was loaded.
 _SWS_FLAGS = (Interpolation.BICUBIC | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP
               | Interpolation.ACCURATE_RND)
 _BT601 = 6  # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value of SMPTE 170M (BT.601), tagged on what we encode
@@ -178,7 +179,7 @@ def _write_av(arr: np.ndarray, dst: str, fps: Fraction, fmt: str, crf: int | Non
             cc.color_range = int(ColorRange.MPEG)
             frames = (av.VideoFrame.from_ndarray(a, format="rgb24").reformat(
                 format=pix_fmt, dst_colorspace=Colorspace.ITU601, dst_color_range=ColorRange.MPEG,
-                interpolation=_SWS_FLAGS) for a in arr)
+                interpolation=_SWS_FLAGS, threads=1) for a in arr)
         for frame in frames:
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
@@ -456,7 +457,8 @@ def _to_rgb(frame: Any) -> np.ndarray:
             dst.update(buf)
         copy.colorspace = frame.colorspace
         frame = copy
-    return frame.reformat(format="rgb24", interpolation=_SWS_FLAGS, src_color_range=rng).to_ndarray()
+    return frame.reformat(format="rgb24", interpolation=_SWS_FLAGS, src_color_range=rng,
+                          threads=1).to_ndarray()
 
 
 def _pil_frames(path: Path) -> Any:
