@@ -85,7 +85,8 @@ def test_dit_resume_is_exact(tmp_path: Path, per_frame: bool) -> None:
 
 
 def test_exported_dit_samples_through_the_image_to_video_pipeline(tmp_path: Path) -> None:
-    from vidiff.training.dit import dit_pipeline, load_trained_dit
+    from vidiff.pipelines.loading import load_trained_dit
+    from vidiff.training.dit import dit_pipeline
 
     run = train(_config(tmp_path / "run", "model.autoencoder=patch", "model.patch_size=2", "schedule.max_steps=1",
                         "checkpoint.every_steps=0"))
@@ -96,3 +97,15 @@ def test_exported_dit_samples_through_the_image_to_video_pipeline(tmp_path: Path
         video = pipe(image, num_frames=frames, num_inference_steps=2, output_type="pt", progress=False,
                      generator=torch.Generator().manual_seed(0)).frames
         assert video.shape[1] == frames and torch.isfinite(video).all()
+    # `vidiff generate --model` takes the exported folder as it is, and writes what the pipeline makes
+    from vidiff.cli.main import main
+    from vidiff.io.video import read_image, read_video, write_image
+
+    write_image(image, tmp_path / "in.png")
+    out = tmp_path / "clip"  # a png folder: lossless
+    assert main(["generate", "--model", str(run.model_dir), "--image", str(tmp_path / "in.png"), "--output",
+                 f"{out}/", "--steps", "2", "--num-frames", "8", "--seed", "3", "--quiet"]) == 0
+    frames, _ = read_video(out)
+    video = pipe(read_image(tmp_path / "in.png"), num_frames=8, num_inference_steps=2, seed=3, output_type="pt",
+                 progress=False).frames[0]
+    assert frames.shape == video.shape and (frames - video).abs().max() <= 1 / 255 + 1e-6  # uint8 rounding

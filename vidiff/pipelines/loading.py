@@ -24,10 +24,13 @@ from vidiff.autoencoders import (
     PatchConfig,
     VAEConfig,
 )
+from vidiff.io import load_safetensors
 from vidiff.io.checkpoints import read_checkpoint
 from vidiff.io.components import Checkpoint
-from vidiff.io.weights import CheckpointError, load_state_dict_strict
+from vidiff.io.weights import CheckpointError, load_state_dict_strict, read_json
 from vidiff.networks import UNetConfig, UNetSpatioTemporal
+from vidiff.networks.dit_video import CLASS_NAME as DIT_CLASS_NAME
+from vidiff.networks.dit_video import VideoDiT, VideoDiTConfig
 
 # VAE classes by the ``_class_name`` of their config (diffusers' name for SVD's VAE is the default).
 AUTOENCODERS: dict[str, tuple[Any, type[nn.Module]]] = {
@@ -88,8 +91,45 @@ def _build_image_encoder(ckpt: Checkpoint) -> nn.Module:
     return model.eval()
 
 
+def is_trained_dit(path: str | Path) -> bool:
+    """Whether ``path`` is a DiT image-to-video model ``vidiff train`` exported (``model.backbone: dit``):
+    a folder whose ``transformer/config.json`` names :data:`~vidiff.networks.dit_video.CLASS_NAME`."""
+    config = Path(path) / "transformer" / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return read_json(config).get("_class_name") == DIT_CLASS_NAME
+    except (ValueError, OSError):
+        return False
+
+
+def load_trained_dit(path: str | Path, *, num_frames: int | None = None) -> LoadedModel:
+    """Read an exported DiT (``transformer/``, the parameter-free ``vae/config.json``, ``scheduler/``) as a
+    :class:`LoadedModel` the image-to-video pipeline runs, strictly (names and shapes)."""
+    path = Path(path)
+    config = VideoDiTConfig.from_dict(read_json(path / "transformer" / "config.json"))
+    if num_frames is not None:
+        config = config.replace(num_frames=num_frames)
+    net = VideoDiT(config)
+    load_state_dict_strict(net, load_safetensors(path / "transformer" / "model.safetensors"), "transformer")
+    vae_cfg = read_json(path / "vae" / "config.json")
+    if vae_cfg.get("_class_name") not in AUTOENCODERS:
+        raise CheckpointError(f"{path / 'vae' / 'config.json'}: unknown _class_name {vae_cfg.get('_class_name')!r} "
+                              f"(known: {', '.join(AUTOENCODERS)})")
+    config_cls, vae_cls = AUTOENCODERS[vae_cfg["_class_name"]]
+    vae = vae_cls(config_cls.from_diffusers(vae_cfg))
+    sched = read_json(path / "scheduler" / "scheduler_config.json")
+    extra = {"generation_defaults": sched.pop("generation_defaults"), "residual": sched.pop("residual")}
+    return LoadedModel(unet=net.eval(), vae=vae.eval(), image_encoder=None,  # type: ignore[arg-type]
+                       image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0), scheduler_config=sched,
+                       model_type="vidiff-dit", layout="vidiff", extra=extra)
+
+
 def load_model(path: str | Path, *, num_frames: int | None = None) -> LoadedModel:
-    """Read and build every component of the checkpoint at ``path`` (diffusers, single-file or vidiff)."""
+    """Read and build every component of the checkpoint at ``path`` (diffusers, single-file or vidiff, or a
+    DiT ``vidiff train`` exported)."""
+    if is_trained_dit(path):
+        return load_trained_dit(path, num_frames=num_frames)
     ckpt = read_checkpoint(path, num_frames=num_frames)
     unet = _build(ckpt, "unet", UNetConfig, UNetSpatioTemporal).eval()
     vae_class = ckpt["vae"].config.get("_class_name", "AutoencoderKLTemporalDecoder")

@@ -33,7 +33,6 @@ import torch
 from vidiff.networks.dit_video import VideoDiT, VideoDiTConfig
 
 if TYPE_CHECKING:
-    from vidiff.pipelines.loading import LoadedModel
     from vidiff.training.config import DataConfig, LossConfig, ModelConfig
     from vidiff.training.model import ModelBundle
 
@@ -119,39 +118,11 @@ def export_dit(bundle: ModelBundle, weights: dict[str, torch.Tensor], out_dir: P
     return out_dir
 
 
-def load_trained_dit(path: str | Path, *, num_frames: int | None = None) -> LoadedModel:
-    """Read a model :func:`export_dit` wrote as a :class:`~vidiff.pipelines.loading.LoadedModel` that
-    :class:`~vidiff.pipelines.image_to_video.ImageToVideoPipeline` runs (strict: names and shapes)."""
-    from vidiff.io import load_safetensors, load_state_dict_strict
-    from vidiff.io.weights import read_json
-    from vidiff.pipelines.loading import AUTOENCODERS, LoadedModel
-
-    path = Path(path)
-    config = VideoDiTConfig.from_dict(read_json(path / "transformer" / "config.json"))
-    if num_frames is not None:
-        config = config.replace(num_frames=num_frames)
-    net = VideoDiT(config)
-    load_state_dict_strict(net, load_safetensors(path / "transformer" / "model.safetensors"), "transformer")
-    vae_cfg = read_json(path / "vae" / "config.json")
-    config_cls, vae_cls = AUTOENCODERS[vae_cfg["_class_name"]]
-    vae = vae_cls(config_cls.from_diffusers(vae_cfg))
-    sched = read_json(path / "scheduler" / "scheduler_config.json")
-    extra = {"generation_defaults": sched.pop("generation_defaults"), "residual": sched.pop("residual")}
-    return LoadedModel(unet=net.eval(), vae=vae.eval(), image_encoder=None, image_mean=(0.0, 0.0, 0.0),
-                       image_std=(1.0, 1.0, 1.0), scheduler_config=sched, model_type="vidiff-dit",
-                       layout="vidiff", extra=extra)
-
-
 def dit_pipeline(path: str | Path, *, num_frames: int | None = None, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> Any:
     """An :class:`~vidiff.pipelines.image_to_video.ImageToVideoPipeline` over a model :func:`export_dit`
-    wrote, with the model's own defaults (trained size and frame count, guidance) over the SVD family's."""
-    from dataclasses import replace
-
-    from vidiff.pipelines.defaults import FAMILIES
+    wrote, with the model's own defaults (trained size and frame count, guidance) over the SVD family's —
+    what ``ImageToVideoPipeline.from_pretrained`` and ``vidiff generate --model`` give for such a folder."""
     from vidiff.pipelines.image_to_video import ImageToVideoPipeline
 
-    model = load_trained_dit(path, num_frames=num_frames)
-    own = model.extra["generation_defaults"]
-    family = replace(FAMILIES["svd"], **{k: own[k] for k in ("height", "width", "num_frames")})
-    return ImageToVideoPipeline(model, family=family, dtype=dtype, device=device)
+    return ImageToVideoPipeline.from_pretrained(path, num_frames=num_frames, dtype=dtype, device=device)
