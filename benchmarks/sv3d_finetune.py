@@ -94,14 +94,19 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--output-dir", default=None, help="training run folder (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--sv3d-u", action="store_true",
+                   help="train an SV3D_u (model.camera=false: no camera in the vector, so only the training "
+                        "orbit's azimuths, the train-grid rows, are what it was taught)")
     args = p.parse_args()
+    family = "SV3D_u" if args.sv3d_u else "SV3D_p"
 
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.output_dir or str(Path(tmp) / "run")
         cfg = TrainConfig.from_yaml(CONFIG, [f"output_dir={out_dir}", f"schedule.max_steps={args.steps}",
                                              f"schedule.warmup_steps={min(10, args.steps)}",
                                              "progress=false", f"device={args.device}",
-                                             "checkpoint.every_steps=0", "checkpoint.export=false"])
+                                             "checkpoint.every_steps=0", "checkpoint.export=false",
+                                             f"model.camera={str(not args.sv3d_u).lower()}"])
         device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
         untrained = build_models(cfg.model, cfg.data, seed=cfg.seed).to(device)
         before = evaluate(untrained, cfg, objects=args.objects, steps=args.sampling_steps, seed=cfg.seed)
@@ -113,7 +118,7 @@ def main() -> None:
         trained.unet.load_state_dict({k[len("unet."):]: v for k, v in ema.items() if k.startswith("unet.")})
         after = evaluate(trained.to(device), cfg, objects=args.objects, steps=args.sampling_steps, seed=cfg.seed)
 
-    print(f"tiny SV3D_p, {cfg.data.num_frames} views of {cfg.data.height}x{cfg.data.width}, {args.steps} steps "
+    print(f"tiny {family}, {cfg.data.num_frames} views of {cfg.data.height}x{cfg.data.width}, {args.steps} steps "
           f"(batch {cfg.data.batch_size}) in {train_s:.0f} s on {device}; {args.objects} unseen solids, "
           f"{args.sampling_steps} Euler steps; final loss {result.losses[-1]:.4f}")
     print(f"{'model':<10} {'held-out MSE':>13} {'PSNR dB':>8} {'train-grid MSE':>15} {'PSNR dB':>8}")
@@ -125,7 +130,8 @@ def main() -> None:
     print(f"{'copy input':<10} {c['held_out_copy']['mse']:>13.5f} {c['held_out_copy']['psnr']:>8.2f} "
           f"{c['train_grid_copy']['mse']:>15.5f} {c['train_grid_copy']['psnr']:>8.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": args.steps, "train_s": train_s, **rows}, indent=1))
+        report = {"family": family, "steps": args.steps, "train_s": train_s, **rows}
+        Path(args.json).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from vidiff.training.orbits import (
     render_view,
     write_orbit_folder,
 )
+from vidiff.utils import timestep_embedding
 
 from .conftest import REPO, assert_sigkill_resume_is_exact, run_cli, train_cmd
 
@@ -92,6 +93,17 @@ def test_folder_orbits_read_back_and_batch_gets_camera_vector(tmp_path: Path) ->
     expected = sv3d_camera_vector(torch.tensor([elev] * 2), torch.tensor([azim] * 2), 0.02).float()
     assert cond.vector.shape == (2, 4, 1280) and torch.allclose(cond.vector, expected)
 
+    # model.camera=false: an SV3D_u, whose vector is the cond_aug sinusoid alone (the cameras are not read)
+    bundle = build_models(ModelConfig(camera=False), DataConfig(dataset="orbits", num_frames=4, height=8, width=8),
+                          seed=0)
+    assert bundle.unet_config.projection_class_embeddings_input_dim == 256
+    _, make_cond, shape = prepare_batch(bundle, [item, {**item, "azimuths_deg": item["azimuths_deg"] + 45}],
+                                        torch.device("cpu"))
+    cond = make_cond(Draws(keep=torch.ones(2), aug_strength=torch.tensor([0.02, 0.5]),
+                           aug_noise=torch.zeros(2, *shape), sigma=z, timestep=z, noise=z))
+    assert cond.vector.shape == (2, 256)
+    assert torch.allclose(cond.vector, timestep_embedding(torch.tensor([0.02, 0.5]), 256))
+
 
 def test_video_orbit_with_sidecar(tmp_path: Path) -> None:
     from vidiff.io.video import write_video
@@ -131,3 +143,32 @@ def _overrides(out: Path) -> list[str]:
 def test_sv3d_p_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     """As ``test_resume_kill`` for SVD: a tiny SV3D_p on orbits, killed after a checkpoint, resumes bit-exactly."""
     assert_sigkill_resume_is_exact(tmp_path, CONFIG, _overrides, STEPS, kill_after=2)
+
+
+@pytest.mark.parametrize("camera", [True, False], ids=["sv3d_p", "sv3d_u"])
+def test_trained_orbit_model_generates_from_the_cli(tmp_path: Path, camera: bool) -> None:
+    """The exported run is an SV3D_p / SV3D_u model folder: ``vidiff generate`` reads its family from the vector
+    width, takes a camera only for SV3D_p, and writes the orbit's views."""
+    from vidiff.cli.main import main
+    from vidiff.io.video import read_video, write_image
+
+    run = tmp_path / "run"
+    done = run_cli(train_cmd(CONFIG, f"--output_dir={run}", "--progress=false", "--data.num_samples=4",
+                             "--data.num_frames=3", "--data.height=8", "--data.width=8", "--schedule.max_steps=1",
+                             "--schedule.warmup_steps=1", "--checkpoint.every_steps=0",
+                             f"--model.camera={str(camera).lower()}"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((run / "model" / "vidiff.json").read_text())
+    assert info["model_type"] == ("sv3d_p" if camera else "sv3d_u")
+    view = torch.from_numpy(render_view(Solid("cube", PALETTE), 10.0, 0.0, 8)).permute(2, 0, 1)
+    write_image(view, tmp_path / "view.png")
+    camera_args = ["--elevation", "10", "--azimuths", "120,240,0"]
+    args = ["generate", "--model", str(run / "model"), "--image", str(tmp_path / "view.png"), "--steps", "2",
+            "--quiet", "--output"]
+    if camera:
+        assert main([*args, f"{tmp_path / 'orbit'}/", *camera_args]) == 0
+        assert read_video(tmp_path / "orbit")[0].shape == (3, 3, 8, 8)
+    else:
+        assert main([*args, f"{tmp_path / 'orbit'}/"]) == 0
+        assert read_video(tmp_path / "orbit")[0].shape == (3, 3, 8, 8)
+        assert main([*args, str(tmp_path / "refused.mp4"), *camera_args]) == 2  # SV3D_u takes no camera

@@ -44,6 +44,9 @@ class ModelConfig:
     (EDM's 80 … 0.002 suits unit-scale pixels; a residual target has a far smaller scale, so a narrower
     range puts every step where the model was trained). Checkpoint fine-tunes keep their scheduler's.
     ``backbone``: ``unet`` or ``dit`` (Wan's transformer from scratch, sized by ``dit``: ``vidiff.training.dit``).
+    ``camera`` (orbit data, from a preset): ``true`` makes an SV3D_p (each frame's camera in the vector),
+    ``false`` an SV3D_u (the vector is the noise-augmentation sinusoid only). A fine-tuned checkpoint's own
+    vector width decides instead (1280: SV3D_p, 256: SV3D_u).
     """
 
     preset: str | None = "tiny"
@@ -64,6 +67,7 @@ class ModelConfig:
     flow_scale: float = 16.0
     backbone: str = "unet"
     dit: DiTSizes = field(default_factory=DiTSizes)
+    camera: bool = True
 
     def __post_init__(self) -> None:
         _check(self.backbone == "unet" or (self.backbone == "dit" and self.init_from is None), "model.backbone",

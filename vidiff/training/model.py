@@ -17,7 +17,8 @@ Two sources (``ModelConfig``):
   the noise-augmented first frame, the same for every frame; crossattn = the CLIP image embedding of the
   clean conditioning image; vector = sinusoids of ``[fps − 1, motion_bucket_id, noise_aug_strength]``.
   Orbit items (``data.dataset: orbits``, ``vidiff.training.orbits``) carry each frame's camera and make the
-  model an SV3D_p (Voleti et al. 2024): vector = ``sv3d_camera_vector`` per frame, ``(B, T, 1280)``.
+  model an SV3D_p (Voleti et al. 2024): vector = ``sv3d_camera_vector`` per frame, ``(B, T, 1280)``, or with
+  ``model.camera: false`` an SV3D_u: vector = the noise-augmentation sinusoid ``(B, 256)``.
 
 CFG dropout (Ho & Salimans 2022; sgm ``GeneralConditioner.ucg_rate``): per sample, with probability
 ``loss.ucg_rate``, the CLIP token and the concat latent are zeroed — exactly the unconditional branch the
@@ -42,6 +43,7 @@ from vidiff.networks.unet_st import UNET_PRESETS, UNetSpatioTemporal
 from vidiff.training.config import DataConfig, LossConfig, ModelConfig
 
 PIXEL_CHANNELS = 3
+SV3D_P_VECTOR = UNET_PRESETS["sv3d_p"].projection_class_embeddings_input_dim  # 1280: the camera is in the vector
 
 
 @dataclass
@@ -122,9 +124,10 @@ def build_models(cfg: ModelConfig, data: DataConfig, *, seed: int, flow: bool = 
                  if getattr(cfg, k) is not None}
         if "addition_time_embed_dim" in sizes:
             sizes["projection_class_embeddings_input_dim"] = 3 * sizes["addition_time_embed_dim"]
-        if data.dataset == "orbits":  # SV3D_p's per-frame vector: cond_aug 256 + polar 512 + azimuth 512
-            sv3d_p = UNET_PRESETS["sv3d_p"]
-            sizes["projection_class_embeddings_input_dim"] = sv3d_p.projection_class_embeddings_input_dim
+        if data.dataset == "orbits":  # SV3D_p: cond_aug 256 + polar 512 + azimuth 512 per frame; SV3D_u: cond_aug
+            sv3d = UNET_PRESETS["sv3d_p" if cfg.camera else "sv3d_u"]
+            sizes["projection_class_embeddings_input_dim"] = sv3d.projection_class_embeddings_input_dim
+            sizes["addition_time_embed_dim"] = sv3d.addition_time_embed_dim
         if cfg.backbone == "dit":  # Wan's transformer in the UNet's place (vidiff.training.dit)
             from vidiff.training.dit import build_dit, check_dit_shapes
 
@@ -275,8 +278,11 @@ def prepare_batch(bundle: ModelBundle, items: list[dict[str, Any]], device: torc
         noisy = noise_augment(image, aug, noise=draws.aug_noise)  # SVD conditioning noise augmentation
         concat = _encode_mode(bundle.vae, noisy) if bundle.vae is not None else noisy
         concat = concat[:, None].expand(-1, t, -1, -1, -1)  # the same for every frame
-        if "azimuths_deg" in batch:  # SV3D_p (Voleti et al. 2024): per-frame camera vector (B, T, 1280)
+        if "azimuths_deg" in batch and ucfg.projection_class_embeddings_input_dim == SV3D_P_VECTOR:
+            # SV3D_p (Voleti et al. 2024): per-frame camera vector (B, T, 1280)
             vector = sv3d_camera_vector(batch["elevations_deg"], batch["azimuths_deg"], aug[:, None]).float()
+        elif "azimuths_deg" in batch:  # SV3D_u: the orbit is implicit, the vector the cond_aug sinusoid only
+            vector = embed_scalars(aug[:, None], ucfg.addition_time_embed_dim)
         else:
             ids = torch.stack([batch["fps"] - 1, batch["motion_bucket_id"], aug], dim=1)  # (B, 3)
             vector = embed_scalars(ids, ucfg.addition_time_embed_dim)  # (B, 3·dim) sinusoids
