@@ -20,6 +20,7 @@ give the conditioning frame and the bucket; per generated video ``(T, 3, H, W)``
 The DiT is also sampled at twice the trained frame count (3D RoPE extrapolation): motion and flicker.
 
     python benchmarks/unet_vs_dit.py [--budget-s 300] [--clips 2] [--steps 12] [--json FILE]
+    python benchmarks/unet_vs_dit.py --trained vidiff/assets/default_model runs/dit/model   # no training
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips", type=int, default=2, help="camera moves per held-out photograph")
     ap.add_argument("--steps", type=int, default=12, help="sampling steps")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--trained", nargs=2, type=Path, metavar=("UNET_MODEL", "DIT_MODEL"), default=None,
+                    help="evaluate two models already trained (e.g. the bundled model and a DiT trained with "
+                         "the same recipe and step count) instead of training both for --budget-s")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = TrainConfig.from_yaml(CONFIG)
@@ -128,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"budget_s": args.budget_s, "clips": args.clips, "sampling_steps": args.steps}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        runs = {"unet": train_for("unet", [], args.budget_s, root), "dit": train_for("dit", DIT, args.budget_s, root)}
+        if args.trained is not None:
+            runs = {name: {"model_dir": str(path)} for name, path in zip(("unet", "dit"), args.trained)}
+        else:
+            runs = {"unet": train_for("unet", [], args.budget_s, root),
+                    "dit": train_for("dit", DIT, args.budget_s, root)}
         frames = base.data.num_frames
         items = held_out_clips(base, args.clips, frames)
         pipes = {"unet": ImageToVideoPipeline.from_pretrained(runs["unet"]["model_dir"]),

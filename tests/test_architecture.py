@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "conditioning": {"utils", "io"},
     "metrics": {"utils", "io"},
     "adapters": {"utils", "io", "networks"},  # LoRA / control adapters: never pipelines
-    "parallel": {"utils", "io", "diffusion", "networks"},  # exact multi-process inference (CFG, frames)
+    "parallel": {"utils", "io", "diffusion", "networks", "autoencoders"},  # exact multi-process inference
     "pipelines": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "adapters", "parallel"},
     "training": {"utils", "io", "diffusion", "networks", "autoencoders", "conditioning", "pipelines",
                  "metrics", "adapters"},

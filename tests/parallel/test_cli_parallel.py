@@ -40,9 +40,9 @@ def test_parallel_without_a_distributed_launch_fails_in_one_line(image: Path, tm
     from vidiff.io.video import write_video
 
     write_video(np.zeros((4, 3, 64, 64), np.float32), clip, fps=8)
-    for other in (["--video", str(clip)], ["--prompt", "a cat"]):  # paths --parallel does not split: refused
-        assert main(["generate", *other, "--output", str(out), "--parallel", "frames", *SMALL]) == 2
-        assert "image-to-video only" in capsys.readouterr().err
+    # video-to-video is not split: refused (--prompt runs are, tests/pipelines/test_wan_pipeline.py)
+    assert main(["generate", "--video", str(clip), "--output", str(out), "--parallel", "frames", *SMALL]) == 2
+    assert "not --video runs" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -55,7 +55,9 @@ def test_frames_on_two_ranks_write_the_one_process_video_once(image: Path, tmp_p
     assert [p.name for p in (tmp_path / "par").iterdir()] == ["two"]  # written once, by rank 0
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     sidecar = json.loads((two / "settings.json").read_text())
-    assert sidecar["parallel"] == {"mode": "frames", "world_size": 2, "cfg_ranks": 1, "frame_ranks": 2}
+    # the bundled model's flow-warp decode is split over the 2 frame ranks too
+    assert sidecar["parallel"] == {"mode": "frames", "world_size": 2, "cfg_ranks": 1, "frame_ranks": 2,
+                                   "decode_ranks": 2}
     assert json.loads((one / "settings.json").read_text())["parallel"] is None
     # pixels agree to 1e-5 before 8-bit rounding (test_pipeline_parallel), so at most one level after it
     assert float((read_video(one)[0] - read_video(two)[0]).abs().max()) <= 1 / 255 + 1e-6

@@ -241,6 +241,28 @@ def test_cli_generate_prompt_writes_the_pipeline_video(wan_folder, tmp_path) -> 
     assert sidecar["max_memory"] == "8GiB" and "decode_chunk_size=all" in sidecar["memory_plan"]  # roomy: fastest
 
 
+def test_cli_generate_prompt_parallel_writes_the_one_process_video(wan_folder, tmp_path) -> None:
+    """``torchrun --nproc-per-node 2 vidiff generate --prompt ... --parallel cfg|frames`` (frames: the DiT's
+    tokens, DeepSpeed-Ulysses): rank 0 alone writes the one-process frames and records the split."""
+    small = ["--prompt", "a cat runs", "--model", str(wan_folder), "--height", "16", "--width", "32",
+             "--num-frames", "9", "--steps", "2", "--seed", "5", "--guidance-scale", "2"]
+    one = tmp_path / "one"
+    assert main(["generate", *small, "--output", f"{one}/"]) == 0
+    expected = np.stack([np.asarray(PIL.Image.open(f), dtype=np.float32) for f in sorted(one.glob("*.png"))])
+    for mode in ("cfg", "frames"):
+        out = tmp_path / mode / "frames"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "vidiff.cli.main", "generate", *small, "--output", f"{out}/", "--parallel", mode]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert [p.name for p in (tmp_path / mode).iterdir()] == ["frames"]  # written once, by rank 0
+        frames = np.stack([np.asarray(PIL.Image.open(f), dtype=np.float32) for f in sorted(out.glob("*.png"))])
+        assert frames.shape == expected.shape and np.abs(frames - expected).max() <= 1  # one 8-bit level at most
+        record = json.loads((out / "settings.json").read_text())["parallel"]
+        assert record["mode"] == mode and record["world_size"] == 2
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--num-frames", "8"], "num_frames=8"),
     (["--max-memory", "1MiB"], "the most frugal controls need about"),

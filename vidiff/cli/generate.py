@@ -21,6 +21,7 @@ from vidiff.cli.generate_long import add_long_arguments, check_long_arguments, l
 from vidiff.cli.generate_parallel import (
     add_parallel_arguments,
     check_parallel,
+    decodes,
     is_writer,
     parallel_record,
     start_parallel,
@@ -231,9 +232,10 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
 
 def run(args: argparse.Namespace) -> int:
     check_sv3d_arguments(args)
-    for flag, value in (("--parallel", args.parallel), ("--camera", args.camera)):
-        if value is not None and (text_requested(args) or video_requested(args)):
-            raise CLIError(f"{flag} {value}: image-to-video only, not --prompt or --video runs")
+    if args.camera is not None and (text_requested(args) or video_requested(args)):
+        raise CLIError(f"--camera {args.camera}: image-to-video only, not --prompt or --video runs")
+    if args.parallel is not None and video_requested(args):
+        raise CLIError(f"--parallel {args.parallel}: image-to-video and --prompt runs only, not --video runs")
     if text_requested(args):
         return run_text(args)
     if video_requested(args):
@@ -275,8 +277,8 @@ def run(args: argparse.Namespace) -> int:
         return run_long(args, pipe, image, image_path, output, settings, model, post)
     start = time.perf_counter()
     try:
-        result = pipe(  # only the writing rank decodes: the others hold the same latents
-            image, settings=settings, output_type="pt" if is_writer(layout) else "latent", progress=not args.quiet,
+        result = pipe(  # the writer decodes (every rank of a split decode): the others hold the same latents
+            image, settings=settings, output_type="pt" if decodes(layout, pipe) else "latent", progress=not args.quiet,
             offload=args.offload,
             max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk,
             **camera,
@@ -302,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         "output": str(output),
         **adapter_record(pipe),  # each LoRA: path, file hash, scale, base-model hash; the camera path
         **result.run,  # device, dtypes, memory plan, tiling, attention chunk, fast path, torch version
-        **parallel_record(layout),  # --parallel: mode and world size
+        **parallel_record(layout, pipe),  # --parallel: mode, world size, decode split
         "generation_seconds": round(seconds, 3),
         "settings": resolved.to_dict(),
         **post_record,

@@ -2,8 +2,10 @@
 
 Every rank loads the model and runs the same generation; ``vidiff.parallel`` splits each UNet call between
 them (CFG: the two guidance halves on two ranks; frames: the frames over the ranks of a guidance branch), so
-every rank ends with the same latents. Rank 0 decodes and writes the video and its settings file, which
-records the mode and the world size; the other ranks stop after sampling. Without a distributed launch, or
+every rank ends with the same latents. Under frames the VAE decode is split too (``vidiff.parallel.decode``:
+every rank of a frame group decodes a block of the frames and ends with the whole video); otherwise rank 0
+alone decodes and the other ranks stop after sampling. Rank 0 writes the video and its settings file, which
+records the mode, the world size and the ranks the decode was split over. Without a distributed launch, or
 with a split the run cannot make, the command fails with one line saying why, before any work.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 from vidiff.cli.main import CLIError
 from vidiff.parallel import MODES
 
-__all__ = ["add_parallel_arguments", "check_parallel", "is_writer", "parallel_record", "start_parallel"]
+__all__ = ["add_parallel_arguments", "check_parallel", "decodes", "is_writer", "parallel_record", "start_parallel"]
 
 
 def add_parallel_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +63,7 @@ def start_parallel(args: argparse.Namespace, pipe: Any, settings: Any, image: An
     if getattr(args, "parallel", None) is None:
         return None
     from vidiff.parallel import ParallelLayout, parallelize, parse_mode
+    from vidiff.parallel.decode import can_split_decode, parallelize_decode
 
     if long:
         raise CLIError("--parallel runs one clip; long videos (--long-mode, --end-image) are not split yet")
@@ -81,6 +84,8 @@ def start_parallel(args: argparse.Namespace, pipe: Any, settings: Any, image: An
         parallelize(pipe.unet, layout)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    if layout.frames > 1 and can_split_decode(pipe.vae):
+        parallelize_decode(pipe, layout)
     return layout
 
 
@@ -89,6 +94,15 @@ def is_writer(layout: Any) -> bool:
     return layout is None or layout.is_writer
 
 
-def parallel_record(layout: Any) -> dict[str, Any]:
-    """The settings file's record of the split (``parallel: null`` for one process)."""
-    return {"parallel": None if layout is None else layout.describe()}
+def decodes(layout: Any, pipe: Any) -> bool:
+    """Whether this process decodes the latents: the writer, and every rank when the decode is split."""
+    return is_writer(layout) or getattr(pipe, "decode_split", None) is not None
+
+
+def parallel_record(layout: Any, pipe: Any) -> dict[str, Any]:
+    """The settings file's record of the split (``parallel: null`` for one process); ``decode_ranks``: the
+    ranks each VAE decode is split over (1: rank 0 decodes alone)."""
+    if layout is None:
+        return {"parallel": None}
+    split = getattr(pipe, "decode_split", None) is not None
+    return {"parallel": {**layout.describe(), "decode_ranks": layout.frames if split else 1}}

@@ -4,6 +4,8 @@ The flags shared with image-to-video keep their meaning (``--height``, ``--width
 ``--steps``, ``--seed``, ``--fps``, ``--output``, ``--device``, ``--dtype``); the defaults are diffusers' Wan
 ones (480×832, 81 frames, 50 steps, guidance 5, 16 fps). ``--max-memory`` chooses how many latent frames the
 3D VAE decodes at a time (the planner of ``vidiff.pipelines.memory``); the choice is recorded in the sidecar.
+``--parallel cfg|frames|cfg,frames`` under torchrun splits each transformer call as for image-to-video
+(frames: the DiT's token sequence, DeepSpeed-Ulysses; ``vidiff.parallel.sequence``); rank 0 writes.
 Bad input is a one-line error (exit code 2),
 checked before any model is loaded where it can be.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
+from vidiff.cli.generate_parallel import check_parallel, decodes, is_writer, parallel_record
 from vidiff.cli.generate_post import apply_postprocess, postprocess_config
 from vidiff.cli.main import CLIError
 from vidiff.io.atomic import write_json_atomic
@@ -77,10 +81,38 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path]:
     return model, output
 
 
+def _start_parallel(args: argparse.Namespace, pipe: Any, settings: dict[str, Any]) -> Any:
+    """Split the pipeline's transformer(s) over the ranks as ``--parallel`` asks (None without it); CLIError
+    when the run cannot be split so."""
+    if getattr(args, "parallel", None) is None:
+        return None
+    from vidiff.parallel import ParallelLayout, parallelize, parse_mode
+    from vidiff.parallel.sequence import token_split
+
+    cfg, frames = parse_mode(args.parallel)
+    scales = (settings["guidance_scale"], settings["guidance_scale_2"] or 0.0)
+    if cfg and max(scales) <= 1:
+        raise CLIError(f"--parallel {args.parallel}: guidance is off (--guidance-scale <= 1), so there is no "
+                       "unconditional half to split off; use --parallel frames")
+    try:
+        layout = ParallelLayout.build(cfg, frames)
+        vae = pipe.vae.config
+        latent = ((settings["num_frames"] - 1) // vae.temporal_factor + 1, settings["height"] // vae.spatial_factor)
+        if layout.frames > 1:
+            token_split(pipe.transformer.config, *latent, layout.frames)
+        for transformer in (pipe.transformer, pipe.transformer_2):
+            if transformer is not None:
+                parallelize(transformer, layout)
+    except ValueError as e:
+        raise CLIError(f"--parallel {args.parallel}: {e}") from None
+    return layout
+
+
 def run_text(args: argparse.Namespace) -> int:
     """Generate from ``--prompt``; prints the output path and the seconds taken."""
     model, output = _check_cheap(args)
     post = postprocess_config(args)
+    check_parallel(args, "cpu")  # joins the process group under torchrun --parallel
 
     import torch
 
@@ -112,19 +144,23 @@ def run_text(args: argparse.Namespace) -> int:
                 "num_frames": _value(args, "num_frames"), "num_inference_steps": _value(args, "num_inference_steps"),
                 "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2}
     seed = _value(args, "seed")
+    layout = _start_parallel(args, pipe, settings)
     start = time.perf_counter()
     try:
-        result = pipe(**settings, image=image, generator=torch.Generator().manual_seed(seed), output_type="pt",
-                      max_memory=args.max_memory)
+        result = pipe(**settings, image=image, generator=torch.Generator().manual_seed(seed),
+                      output_type="pt" if decodes(layout, pipe) else "latent", max_memory=args.max_memory)
     except ValueError as e:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - start
+    if not is_writer(layout):
+        return 0
     video, post_record = apply_postprocess(result.frames[0], post)
     path = write_video(video, output, fps=_value(args, "fps"))
     sidecar = path / "settings.json" if video_format_for(output) == "png" else path.with_name(path.name + ".json")
     write_json_atomic({**settings, "seed": seed, "flow_shift": pipe.flow_shift, "model": str(model),
                        "fps": _value(args, "fps"), "max_memory": args.max_memory,
                        "memory_plan": result.memory_plan.describe(),
-                       "decode_chunk_size": result.memory_plan.decode_chunk_size, **post_record}, sidecar)
+                       "decode_chunk_size": result.memory_plan.decode_chunk_size, **parallel_record(layout, pipe),
+                       **post_record}, sidecar)
     print(f"{path} ({seconds:.1f} s)")
     return 0

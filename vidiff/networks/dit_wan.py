@@ -155,6 +155,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
+class AttentionKernel(nn.Module):
+    """:func:`attention_kernel` as a (parameter-free) module, so that sequence parallelism
+    (``vidiff.parallel.sequence``) can hook the one point where all tokens of a head must meet."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention_kernel(q, k, v)
+
+
 class WanAttention(nn.Module):
     """Multi-head attention with RMS-normalised queries and keys over all heads (Wan's qk-norm).
 
@@ -170,6 +178,7 @@ class WanAttention(nn.Module):
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.kernel = AttentionKernel()
         self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         if image_kv_dim is not None:
@@ -190,7 +199,7 @@ class WanAttention(nn.Module):
         v = self._heads(self.to_v(ctx))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention_kernel(q, k, v)
+        out = self.kernel(q, k, v)  # (B, h, L, d)
         if image is not None:
             k_img = self._heads(self.norm_added_k(self.add_k_proj(image)))
             out = out + attention_kernel(q, k_img, self._heads(self.add_v_proj(image)))

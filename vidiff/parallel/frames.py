@@ -15,7 +15,8 @@ makes it exact:
 
 Per-frame inputs — ``c_noise (B, T)``, ``cond.vector (B, T, D)``, ``cond.concat (B, T, C, H, W)``,
 ``image_only_indicator (B, T)`` — are cut to the local frames by their global indices, and the output is
-gathered so every rank ends the call with the whole ``(B, T, C, H, W)``.
+gathered so every rank ends the call with the whole ``(B, T, C, H, W)``. The halos and the GroupNorm
+statistics live in :class:`FrameSplit`, which SVD's VAE decoder reuses (``vidiff.parallel.decode``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from vidiff.networks.transformer import SpatioTemporalTransformer, TemporalTrans
 from vidiff.parallel.comm import Comm, split_sizes
 from vidiff.utils import timestep_embedding
 
-__all__ = ["FrameParallelUNet", "FrameShard"]
+__all__ = ["FrameParallelUNet", "FrameShard", "FrameSplit"]
 
 
 @dataclass
@@ -58,9 +59,10 @@ class FrameShard:
 
 
 class _GroupNormOverFrames(nn.Module):
-    """GroupNorm of ``(B, C, T_local, H, W)`` with the statistics of all frames (the wrapped norm's weights)."""
+    """GroupNorm of ``(B, C, T_local, H, W)`` with the statistics of all frames (the wrapped norm's weights);
+    the wrapped norm itself while the owner holds no shard (a call that is not split)."""
 
-    def __init__(self, norm: nn.GroupNorm, owner: FrameParallelUNet) -> None:
+    def __init__(self, norm: nn.GroupNorm, owner: FrameSplit) -> None:
         super().__init__()
         self.num_groups, self.eps = norm.num_groups, norm.eps
         self.weight, self.bias = norm.weight, norm.bias  # the same parameters: state-dict keys unchanged
@@ -68,6 +70,8 @@ class _GroupNormOverFrames(nn.Module):
         self.owner = owner
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.owner.shard is None:
+            return self.inner[0](x)
         b, c = x.shape[:2]
         g = x.reshape(b, self.num_groups, -1).double()  # (B, G, C/G·T_l·H·W)
         local = torch.stack([g.sum(-1), (g * g).sum(-1), torch.full_like(g[..., 0], g.shape[-1])])
@@ -80,34 +84,35 @@ class _GroupNormOverFrames(nn.Module):
         return y * self.weight.reshape(shape) + self.bias.reshape(shape)
 
 
-class FrameParallelUNet:
-    """Split a ``UNetSpatioTemporal``'s frames over the ranks of ``comm`` until :meth:`remove`.
+class FrameSplit:
+    """The exchanges that let layers mixing frames run on this rank's contiguous block of them: one-frame
+    halos around temporal convolutions, GroupNorm statistics of the whole clip. The hooks act only while
+    :attr:`shard` is set (a subclass sets it for each call it splits); :meth:`remove` takes them out."""
 
-    The UNet is called as before, with every frame, on every rank; the hooks give each rank its share and
-    return the whole result. Outside calls of the UNet (and with a group of one) nothing changes.
-    """
-
-    def __init__(self, unet: nn.Module, comm: Comm) -> None:
-        self.unet, self.comm = unet, comm
+    def __init__(self, comm: Comm) -> None:
+        self.comm = comm
         self.shard: FrameShard | None = None
-        self._hw = 0
         self._handles: list[RemovableHandle] = []
         self._norms: list[tuple[nn.Module, str, nn.Module]] = []
-        hook = self._handles.append
-        for module in unet.modules():
-            if isinstance(module, TemporalResnetBlock):
-                for conv in (module.conv1, module.conv2):
-                    hook(conv.register_forward_pre_hook(self._halo_in))
-                    hook(conv.register_forward_hook(self._halo_out))
-                for name in ("norm1", "norm2"):
-                    norm = getattr(module, name)
-                    self._norms.append((module, name, norm))
-                    setattr(module, name, _GroupNormOverFrames(norm, self))
-            elif isinstance(module, TemporalTransformerBlock):
-                hook(module.register_forward_pre_hook(self._to_pixel_shards))
-                hook(module.register_forward_hook(self._to_frame_shards))
-            elif isinstance(module, SpatioTemporalTransformer):
-                hook(module.time_pos_embed.register_forward_pre_hook(self._global_positions))
+
+    def hook(self, handle: RemovableHandle) -> None:
+        """Keep ``handle`` to take out on :meth:`remove`."""
+        self._handles.append(handle)
+
+    def split_temporal_conv(self, conv: nn.Conv3d) -> None:
+        """A ``(k, 1, 1)`` convolution over ``(B, C, T, H, W)``, zero-padded in time: halos in, halo outputs out."""
+        self.hook(conv.register_forward_pre_hook(self._halo_in))
+        self.hook(conv.register_forward_hook(self._halo_out))
+
+    def split_temporal_resnet(self, block: nn.Module) -> None:
+        """A temporal resnet (``norm1, conv1, norm2, conv2``: the UNet's or SVD's VAE decoder's): halos around
+        both convolutions, whole-clip statistics in both GroupNorms."""
+        for conv in (block.conv1, block.conv2):
+            self.split_temporal_conv(conv)
+        for name in ("norm1", "norm2"):
+            norm = getattr(block, name)
+            self._norms.append((block, name, norm))
+            setattr(block, name, _GroupNormOverFrames(norm, self))
 
     def remove(self) -> None:
         """Take every hook out and put the original norms back."""
@@ -116,6 +121,42 @@ class FrameParallelUNet:
         for module, name, norm in self._norms:
             setattr(module, name, norm)
         self._handles, self._norms = [], []
+
+    def _halo_in(self, conv: nn.Conv3d, args: tuple) -> tuple | None:
+        if self.shard is None:
+            return None
+        x = args[0]  # (B, C, T_local, H, W)
+        k = conv.kernel_size[0] // 2
+        prev, nxt = self.comm.exchange_halos(x[:, :, :k], x[:, :, -k:])
+        zeros = x.new_zeros(*x.shape[:2], k, *x.shape[3:])  # the clip's ends: the conv's zero padding
+        return (torch.cat([zeros if prev is None else prev, x, zeros if nxt is None else nxt], dim=2),)
+
+    def _halo_out(self, conv: nn.Conv3d, args: tuple, out: Tensor) -> Tensor | None:
+        if self.shard is None:
+            return None
+        k = conv.kernel_size[0] // 2
+        return out[:, :, k:-k]
+
+
+class FrameParallelUNet(FrameSplit):
+    """Split a ``UNetSpatioTemporal``'s frames over the ranks of ``comm`` until :meth:`remove`.
+
+    The UNet is called as before, with every frame, on every rank; the hooks give each rank its share and
+    return the whole result. Outside calls of the UNet (and with a group of one) nothing changes.
+    """
+
+    def __init__(self, unet: nn.Module, comm: Comm) -> None:
+        super().__init__(comm)
+        self.unet = unet
+        self._hw = 0
+        for module in unet.modules():
+            if isinstance(module, TemporalResnetBlock):
+                self.split_temporal_resnet(module)
+            elif isinstance(module, TemporalTransformerBlock):
+                self.hook(module.register_forward_pre_hook(self._to_pixel_shards))
+                self.hook(module.register_forward_hook(self._to_frame_shards))
+            elif isinstance(module, SpatioTemporalTransformer):
+                self.hook(module.time_pos_embed.register_forward_pre_hook(self._global_positions))
 
     # --- the network call: cut the inputs, gather the output --------------------------------------------
 
@@ -142,21 +183,6 @@ class FrameParallelUNet:
         sinusoid = args[0]  # (T_local, C): the sinusoid of the local indices 0..T_local-1
         frames = torch.arange(self.shard.lo, self.shard.hi, device=sinusoid.device)
         return (timestep_embedding(frames, sinusoid.shape[1]).to(sinusoid.dtype),)
-
-    def _halo_in(self, conv: nn.Conv3d, args: tuple) -> tuple | None:
-        if self.shard is None:
-            return None
-        x = args[0]  # (B, C, T_local, H, W)
-        k = conv.kernel_size[0] // 2
-        prev, nxt = self.comm.exchange_halos(x[:, :, :k], x[:, :, -k:])
-        zeros = x.new_zeros(*x.shape[:2], k, *x.shape[3:])  # the clip's ends: the conv's zero padding
-        return (torch.cat([zeros if prev is None else prev, x, zeros if nxt is None else nxt], dim=2),)
-
-    def _halo_out(self, conv: nn.Conv3d, args: tuple, out: Tensor) -> Tensor | None:
-        if self.shard is None:
-            return None
-        k = conv.kernel_size[0] // 2
-        return out[:, :, k:-k]
 
     def _to_pixel_shards(self, block: nn.Module, args: tuple) -> tuple | None:
         """``(B·T_local, HW, C)`` -> ``(B·T, HW_local, C)``: all frames of this rank's pixels."""

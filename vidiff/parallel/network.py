@@ -8,7 +8,8 @@ keeps calling it as one process would, with the whole batch and every frame, and
   unconditional half, and one all-gather per network call (one per sampler step for Euler) hands both
   halves to both. Guidance, the sampler and the pipeline run unchanged, so every rank ends with the same
   latents. A batch that is not a guidance pair (odd size: no guidance) is computed whole on both branches.
-* frame parallelism (UNet): see ``vidiff.parallel.frames``.
+* frame parallelism (UNet): see ``vidiff.parallel.frames``;
+* sequence parallelism (Wan DiT, ``VideoDiT``; DeepSpeed-Ulysses): see ``vidiff.parallel.sequence``.
 
 Nothing here routes on a rank besides the choice of the shard; the hooks come out with ``remove()``.
 
@@ -29,6 +30,11 @@ latent of ``h × w`` with ``C_out`` channels, rank ``r`` (with ``n_r`` neighbour
 The layers are counted from the UNet's config (levels, resnets and transformer depth per level), not from
 the module tree, so a test holding the counted bytes to this formula checks that each layer exchanges what
 it must and nothing more.
+
+Per DiT call and rank (``dit_call_bytes``): with ``h`` heads of width ``d`` and ``L`` tokens split ``L_0, L_1, …``
+over ``F`` ranks (``token_split``), each of the ``num_layers`` self-attentions sends ``3·b·(h/F)·d·e·(F−1)·L_r``
+(its q, k, v for the other ranks' heads) and ``b·(h/F)·d·e·(L − L_r)`` (the other ranks' tokens of its heads);
+then the output gather ``(F−1)·b·C_out·e`` times the largest block's latent entries, and the CFG half as above.
 """
 
 from __future__ import annotations
@@ -41,11 +47,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from vidiff.networks.dit_wan_config import WanConfig
 from vidiff.networks.unet_config import UNetConfig
 from vidiff.parallel.comm import ParallelLayout, split_sizes
 from vidiff.parallel.frames import FrameParallelUNet
+from vidiff.parallel.sequence import SequenceParallelDiT, dit_config, local_tokens, token_split
 
-__all__ = ["ParallelNetwork", "cfg_bytes", "parallelize", "slice_batch", "temporal_layers", "unet_call_bytes"]
+__all__ = ["ParallelNetwork", "cfg_bytes", "dit_call_bytes", "parallelize", "slice_batch", "temporal_layers",
+           "unet_call_bytes"]
 
 
 def slice_batch(obj: Any, start: int, stop: int, batch: int) -> Any:
@@ -63,11 +72,15 @@ def slice_batch(obj: Any, start: int, stop: int, batch: int) -> Any:
 
 
 class ParallelNetwork:
-    """The hooks of :func:`parallelize`: split each call of ``network`` by guidance branch, then by frames."""
+    """The hooks of :func:`parallelize`: split each call of ``network`` by guidance branch, then by frames
+    (the UNet's frames, or the DiT's token sequence)."""
 
     def __init__(self, network: nn.Module, layout: ParallelLayout) -> None:
         self.network, self.layout = network, layout
-        self.frames = FrameParallelUNet(network, layout.frame_comm) if layout.frames > 1 else None
+        self.frames: FrameParallelUNet | SequenceParallelDiT | None = None
+        if layout.frames > 1:
+            split = SequenceParallelDiT if dit_config(network) is not None else FrameParallelUNet
+            self.frames = split(network, layout.frame_comm)
         self._batch: int | None = None  # the full batch of the call in flight when it was split by branch
         self._handles: list[RemovableHandle] = [
             network.register_forward_pre_hook(self._split, with_kwargs=True),
@@ -108,10 +121,12 @@ class ParallelNetwork:
 
 def parallelize(network: nn.Module, layout: ParallelLayout) -> ParallelNetwork:
     """Run ``network`` split over ``layout``'s ranks (every rank calls it with the same inputs); returns the
-    handle whose ``remove()`` undoes it. Frame parallelism needs a spatio-temporal UNet."""
-    if layout.frames > 1 and not any(type(m).__name__ == "TemporalResnetBlock" for m in network.modules()):
-        raise ValueError(f"frame parallelism splits a spatio-temporal UNet's frames; {type(network).__name__} "
-                         "has no temporal layers to split (use --parallel cfg)")
+    handle whose ``remove()`` undoes it. Frame parallelism needs a spatio-temporal UNet or a Wan DiT (whose
+    head count the frame ranks divide)."""
+    if (layout.frames > 1 and dit_config(network) is None
+            and not any(type(m).__name__ == "TemporalResnetBlock" for m in network.modules())):
+        raise ValueError(f"frame parallelism splits a spatio-temporal UNet's frames or a Wan DiT's tokens; "
+                         f"{type(network).__name__} has neither (use --parallel cfg)")
     return ParallelNetwork(network, layout)
 
 def temporal_layers(cfg: UNetConfig, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -162,3 +177,20 @@ def unet_call_bytes(cfg: UNetConfig, *, batch: int, frames: int, h: int, w: int,
         share = split_sizes(p, n)[rank]
         total += b * c * e * (s[rank] * (p - share) + (frames - s[rank]) * share)
     return total + (n - 1) * b * s[0] * cfg.out_channels * h * w * e
+
+
+def dit_call_bytes(cfg: WanConfig, *, batch: int, frames: int, h: int, w: int, frame_ranks: int, rank: int,
+                   cfg_parallel: bool = False, elem: int = 4) -> int:
+    """Bytes rank ``rank`` (of ``frame_ranks``) sends in one Wan DiT call on a ``(batch, frames, ·, h, w)``
+    latent (see the module docstring); ``batch``: videos in this rank's call after the guidance split."""
+    n, b, e = frame_ranks, batch, elem
+    total = cfg_bytes(b, frames, h, w, cfg.out_channels, e) if cfg_parallel else 0
+    if n == 1:
+        return total
+    dim, sizes = token_split(cfg, frames, h, n)
+    tokens = [local_tokens(cfg, frames, h, w, dim, s) for s in sizes]
+    heads, d = cfg.num_attention_heads // n, cfg.attention_head_dim
+    mine = tokens[rank]
+    attention = 3 * b * heads * d * e * (n - 1) * mine + b * heads * d * e * (sum(tokens) - mine)
+    largest = max(sizes) * (h if dim == 1 else frames) * w  # latent entries of the largest block
+    return total + cfg.num_layers * attention + (n - 1) * b * cfg.out_channels * largest * e

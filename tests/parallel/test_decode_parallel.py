@@ -1,0 +1,99 @@
+"""The VAE decode split by frames (gloo, real processes): SVD's temporal VAE — whole clip, chunks with a tail
+shorter than the ranks, context overlap, spatial tiles — and per-frame autoencoders decode the pixels of one
+process on every rank, with the bytes of each call as the closed form; and the image-to-video pipeline with
+the UNet and the decode split over 3 ranks gives the frames of one process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidiff.parallel.decode import decoder_call_bytes, decoder_resnets, gather_bytes
+from vidiff.pipelines.image_to_video import ImageToVideoPipeline
+
+sys.path.insert(0, str(Path(__file__).parent))
+from decode_cases import FLOW, TINY_VAE, decode_frames, decode_pipeline
+from launch import max_diff, run_workers
+
+FRAMES = 7  # uneven on 2 (4 + 3) and 3 (3 + 2 + 2) ranks
+# (autoencoder, settings): the whole clip at once (diffusers' default when decode_chunk_size covers it); chunks
+# of 3 (3, 3, 1: the 1-frame tail runs whole on every rank); chunks of 4 with one frame of context each side;
+# 2 x 2 tiles of 6 latents; then the per-frame autoencoders (split once per decode)
+DECODES = [("temporal", {}), ("temporal", {"chunk_size": 3}), ("temporal", {"chunk_size": 4, "overlap": 1}),
+           ("temporal", {"tile": 6}), ("image", {"chunk_size": 2}), ("flow", {})]
+# The float32 floor: the same split on ONE rank (float64 GroupNorm statistics instead of torch's, halos of
+# zeros) moves the tiny temporal VAE's pixels by 7.7e-7; the per-frame autoencoders are bit-exact there.
+TOLERANCE = 1e-5
+# The tiny pipeline's own floor: one ulp more initial noise (torch.nextafter) moves its pixels by 6.5e-5 in one
+# process (the random VAE amplifies what the sampler's sigma ~700 leaves); the UNet split of 3 ranks moves them
+# by 3.0e-5 (its latents by 2.4e-4), the decode split by 4.8e-7, both measured.
+PIPELINE_TOLERANCE = 6.5e-5
+
+
+def _expected_bytes(vae: str, shape: tuple[int, ...], ranks: int, rank: int) -> int:
+    batch, frames, h, w = shape
+    if vae == "temporal":
+        return decoder_call_bytes(TINY_VAE, batch=batch, frames=frames, h=h, w=w, ranks=ranks, rank=rank)
+    scale = TINY_VAE.downsample_factor if vae == "image" else FLOW.patch_size
+    return gather_bytes(batch=batch, frames=frames, channels=3, pixels=h * w * scale ** 2, ranks=ranks)
+
+
+def test_closed_form_counts_the_decoder_layers() -> None:
+    # tiny VAE (32, 64), 1 layer: mid 1 resnet at 8x8; up block 0 (64 ch) 2 at 8x8, up block 1 (32 ch) 2 at 16x16
+    assert decoder_resnets(TINY_VAE, 8, 8) == [(64, 64)] * 3 + [(32, 256)] * 2
+    assert decoder_call_bytes(TINY_VAE, batch=1, frames=2, h=8, w=8, ranks=3, rank=0) == 0  # too few: whole
+    middle = decoder_call_bytes(TINY_VAE, batch=1, frames=7, h=8, w=8, ranks=3, rank=1)
+    end = decoder_call_bytes(TINY_VAE, batch=1, frames=7, h=8, w=8, ranks=3, rank=0)
+    halo_bytes = (2 * (3 * 64 * 64 + 2 * 32 * 256) + 3 * 256) * 4  # both convs of 5 resnets, time_conv_out
+    assert middle - end == halo_bytes  # a middle rank sends one more frame of halos per temporal conv
+
+
+# (world size, mode): uneven 4 + 3 and 3 + 2 + 2; under cfg,frames each guidance branch's 2 frame ranks split it
+SETUPS = [(2, "frames"), (3, "frames"), (4, "cfg,frames")]
+
+
+@pytest.mark.parametrize(("nproc", "mode"), SETUPS, ids=[f"{m}-{n}ranks" for n, m in SETUPS])
+def test_decode_split_by_frames_matches_one_process(tmp_path: Path, nproc: int, mode: str) -> None:
+    runs = [{"kind": "decode", "mode": mode, "case": {"vae": vae, "frames": FRAMES}, "settings": settings}
+            for vae, settings in DECODES]
+    ranks = nproc // (2 if mode.startswith("cfg") else 1)
+    torch.set_num_threads(1)
+    for (vae, settings), result in zip(DECODES, run_workers(tmp_path, nproc, runs)):
+        reference = decode_frames({"vae": vae, "frames": FRAMES}, settings)
+        diff = max_diff(result["outs"], reference)
+        print(f"{vae} {settings} on {nproc} ranks ({mode}): max |Δ| = {diff:.3g}")
+        assert diff <= TOLERANCE, f"{vae} {settings} on {nproc} ranks ({mode}): max |Δ| = {diff:.3g}"
+        for rank, per_call in enumerate(result["sent"]):
+            expected = [_expected_bytes(vae, shape, ranks, rank % ranks) for shape in result["shapes"]]
+            assert per_call == expected, f"{vae} {settings}, rank {rank}"
+        if vae == "temporal" and settings.get("chunk_size") == 3:  # 3, 3, 1 per video: the tail is not split
+            assert [s[1] for s in result["shapes"]] == [3, 3, 1] * 2 and result["sent"][0][2] == 0
+
+
+def test_pipeline_with_the_decode_split_over_3_ranks_matches_one_process(tmp_path: Path,
+                                                                         tiny_vidiff: Path) -> None:
+    # unguided: 7 frames split 3 + 2 + 2 in each UNet call and in the one decoder call (the tiny model decodes
+    # the whole clip at once)
+    settings = {"num_frames": FRAMES, "num_inference_steps": 2, "height": 64, "width": 64,
+                "min_guidance_scale": 1.0, "max_guidance_scale": 1.0, "seed": 0}
+    model = str(tiny_vidiff)
+    (result,) = run_workers(tmp_path, 3, [{"kind": "decode_pipeline", "model": model, "mode": "frames",
+                                           "settings": settings}])
+    torch.set_num_threads(1)
+    frames, latents = decode_pipeline(model, settings)
+    pipe = ImageToVideoPipeline.from_pretrained(model)
+    with torch.no_grad():  # the parallel run's own latents decoded by one process: the decode split alone
+        decoded = (pipe.vae.decode_latents(result["outs"][0][1]) / 2 + 0.5).clamp(0, 1)
+    decode_diff = max_diff([out[0] for out in result["outs"]], decoded)
+    diff = max_diff([out[0] for out in result["outs"]], frames)
+    latent_diff = max_diff([out[1] for out in result["outs"]], latents)
+    print(f"tiny model, 3 ranks: decode split max |Δ| = {decode_diff:.3g}; whole pipeline max |Δ| = {diff:.3g} "
+          f"(latents {latent_diff:.3g})")
+    assert decode_diff <= TOLERANCE, f"the decode split moved the pixels by {decode_diff:.3g}"
+    assert diff <= PIPELINE_TOLERANCE, f"max |Δ| on pixels = {diff:.3g}"
+    vae, f = pipe.vae.config, pipe.vae.config.downsample_factor
+    for rank, (sent,) in enumerate(result["sent"]):  # the decode really was split: its closed-form bytes
+        assert sent == decoder_call_bytes(vae, batch=1, frames=FRAMES, h=64 // f, w=64 // f, ranks=3, rank=rank)

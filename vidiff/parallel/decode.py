@@ -1,0 +1,154 @@
+"""Frame-parallel VAE decoding: each rank of the frame group decodes a contiguous block of the frames, and
+every rank ends with the whole video — the pixels one process decodes, with the same ``decode_chunk_size``.
+
+* SVD's temporal decoder (``AutoencoderKLTemporal``) mixes frames inside each decoder call: the (3, 1, 1)
+  convolutions of its temporal resnets and its ``time_conv_out``, and the GroupNorms of the temporal
+  resnets (statistics over ``(C/G, T, H, W)``). The decode runs as one process would — the same chunks of
+  ``decode_chunk_size`` frames (plus ``decode_overlap``), the same spatial tiles — and hooks split *each
+  decoder call*: its ``T`` frames go ``split_sizes(T, N)`` over the ranks, the temporal layers get the
+  one-frame halos and whole-clip statistics of ``vidiff.parallel.frames.FrameSplit`` (the UNet's machinery),
+  and the call's pixels are gathered. A call of fewer frames than ranks (a short tail chunk) runs whole on
+  every rank: exact, not split.
+* Per-frame autoencoders (SD's image VAE, the patch and flow-warp autoencoders) decode each frame on its
+  own, so chunking is moot: each rank decodes its block of every video in one ``decode_latents`` call and
+  one gather joins them.
+
+Communication volume. With ``N`` ranks, a call of ``T`` frames split ``s_0 ≥ s_1 ≥ …``, ``b`` videos per
+call (the temporal VAE decodes one video per call), ``e`` bytes per element of the VAE's dtype, latents of
+``h × w`` decoded to ``H × W = h·f × w·f`` with ``C_out`` channels, rank ``r`` with ``n_r`` neighbours sends
+
+* per temporal resnet with ``C`` channels at ``P`` pixels: two halos ``2·n_r·b·C·P·e`` and two GroupNorm
+  statistic gathers ``2·(N−1)·3·b·32·8`` (sum, sum of squares, count per group, float64);
+* ``time_conv_out``'s halo ``n_r·b·C_out·H·W·e``;
+* the output gather ``(N−1)·b·s_0·C_out·H·W·e`` (shards padded to the largest) — the whole traffic of a
+  per-frame autoencoder, once per decode with ``T`` the video's frames.
+
+The decoder's temporal resnets are ``layers_per_block`` at the latent size (mid block), then
+``layers_per_block + 1`` per up block at ``h·2^i × w·2^i`` (:func:`decoder_resnets`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from vidiff.autoencoders import AutoencoderKL, AutoencoderKLTemporal, PatchAutoencoder, VAEConfig
+from vidiff.autoencoders.blocks import GROUPS, TemporalResnetBlock
+from vidiff.parallel.comm import Comm, ParallelLayout, split_sizes
+from vidiff.parallel.frames import FrameShard, FrameSplit
+
+__all__ = ["FrameParallelDecode", "can_split_decode", "decoder_call_bytes", "decoder_resnets", "gather_bytes",
+           "parallelize_decode"]
+
+PER_FRAME = (AutoencoderKL, PatchAutoencoder)  # no layer looks across frames (FlowWarp is a PatchAutoencoder)
+
+
+def can_split_decode(vae: nn.Module) -> bool:
+    """Whether :class:`FrameParallelDecode` knows how to split ``vae``'s decode by frames exactly."""
+    return isinstance(vae, (AutoencoderKLTemporal, *PER_FRAME))
+
+
+class FrameParallelDecode(FrameSplit):
+    """``vae.decode_latents`` split by frames over the ranks of ``comm``: call it as that method (every rank
+    with the same latents); :meth:`remove` takes the hooks out. Outside its calls the VAE is unchanged."""
+
+    def __init__(self, vae: nn.Module, comm: Comm) -> None:
+        if not can_split_decode(vae):
+            raise ValueError(f"cannot split the decode of a {type(vae).__name__} by frames (known: SVD's temporal "
+                             "VAE and per-frame autoencoders)")
+        super().__init__(comm)
+        self.vae = vae
+        self.pipe: Any = None  # the pipeline this decode is installed on (parallelize_decode)
+        self.temporal = isinstance(vae, AutoencoderKLTemporal)
+        self._active = False
+        if self.temporal:
+            decoder = vae.decoder
+            for module in decoder.modules():
+                if isinstance(module, TemporalResnetBlock):
+                    self.split_temporal_resnet(module)
+            self.split_temporal_conv(decoder.time_conv_out)
+            self.hook(decoder.register_forward_pre_hook(self._cut, with_kwargs=True))
+            self.hook(decoder.register_forward_hook(self._gather))
+
+    def __call__(self, z: Tensor, chunk_size: int | None = None, overlap: int = 0, *, tiled: bool = False,
+                 progress: bool = False, **kwargs: Any) -> Tensor:
+        """Scaled latents ``(B, T, C, h, w)`` -> pixels ``(B, T, C_out, H, W)`` on every rank, as
+        ``vae.decode_latents`` (``kwargs``: e.g. the flow-warp autoencoder's ``reference``, passed whole)."""
+        def decode(latents: Tensor) -> Tensor:
+            return self.vae.decode_latents(latents, chunk_size, overlap, tiled=tiled, progress=progress, **kwargs)
+
+        if self.temporal:  # the hooks split each decoder call
+            self._active = True
+            try:
+                return decode(z)
+            finally:
+                self._active, self.shard = False, None
+        t = z.shape[1]
+        if t < self.comm.size:
+            return decode(z)
+        shard = FrameShard(t, split_sizes(t, self.comm.size), self.comm.rank)
+        return self.comm.all_gather_dim(decode(shard.cut(z)), shard.sizes, dim=1)
+
+    def remove(self) -> None:
+        """Back to the single-process decode (and off the pipeline it was installed on)."""
+        super().remove()
+        if self.pipe is not None and getattr(self.pipe, "decode_split", None) is self:
+            self.pipe.decode_split = None
+        self.pipe = None
+
+    def _cut(self, decoder: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        """A decoder call on ``(B·T, C, h, w)`` latents of ``num_frames = T``: this rank's frames only."""
+        if not self._active:
+            return None
+        z, t = args[0], kwargs.get("num_frames", args[1] if len(args) > 1 else None)
+        if t < self.comm.size:
+            return None  # too few frames to give every rank one: the call runs whole on every rank
+        shard = self.shard = FrameShard(t, split_sizes(t, self.comm.size), self.comm.rank)
+        local = shard.cut(z.unflatten(0, (-1, t))).flatten(0, 1)
+        return (local,), {**kwargs, "num_frames": shard.hi - shard.lo}
+
+    def _gather(self, decoder: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
+        """``(B·T_local, C_out, H, W)`` from every rank -> ``(B·T, C_out, H, W)`` on every rank."""
+        shard, self.shard = self.shard, None
+        if shard is None:
+            return None
+        local = out.unflatten(0, (-1, shard.hi - shard.lo))
+        return self.comm.all_gather_dim(local, shard.sizes, dim=1).flatten(0, 1)
+
+
+def parallelize_decode(pipe: Any, layout: ParallelLayout) -> FrameParallelDecode:
+    """Split ``pipe``'s VAE decode over ``layout``'s frame ranks: the pipeline decodes through the returned
+    handle (its ``decode_split``) until ``remove()``. ValueError for an autoencoder it cannot split."""
+    handle = FrameParallelDecode(pipe.vae, layout.frame_comm)
+    handle.pipe, pipe.decode_split = pipe, handle
+    return handle
+
+
+def decoder_resnets(cfg: VAEConfig, h: int, w: int) -> list[tuple[int, int]]:
+    """``(channels, pixels)`` of every temporal resnet of SVD's temporal decoder on ``h × w`` latents."""
+    rev = list(reversed(cfg.block_out_channels))
+    resnets = [(rev[0], h * w)] * cfg.layers_per_block  # mid block
+    for i, channels in enumerate(rev):  # up block i runs at 2^i times the latent size, then upsamples
+        resnets += [(channels, h * w * 4 ** i)] * (cfg.layers_per_block + 1)
+    return resnets
+
+
+def gather_bytes(*, batch: int, frames: int, channels: int, pixels: int, ranks: int, elem: int = 4) -> int:
+    """Bytes one rank sends gathering ``(batch, frames, channels, pixels)`` split by frames (padded shards)."""
+    return (ranks - 1) * batch * split_sizes(frames, ranks)[0] * channels * pixels * elem
+
+
+def decoder_call_bytes(cfg: VAEConfig, *, batch: int, frames: int, h: int, w: int, ranks: int, rank: int,
+                       elem: int = 4) -> int:
+    """Bytes rank ``rank`` (of ``ranks``) sends in one temporal-decoder call of ``frames`` frames of ``h × w``
+    latents (see the module docstring); 0 for a call that is not split."""
+    if ranks == 1 or frames < ranks:
+        return 0
+    b, n, e = batch, ranks, elem
+    neighbours = (rank > 0) + (rank < n - 1)
+    resnets = decoder_resnets(cfg, h, w)
+    total = sum(2 * neighbours * b * c * p * e + 2 * (n - 1) * 3 * b * GROUPS * 8 for c, p in resnets)
+    pixels = h * w * cfg.downsample_factor ** 2
+    total += neighbours * b * cfg.out_channels * pixels * e  # time_conv_out
+    return total + gather_bytes(batch=b, frames=frames, channels=cfg.out_channels, pixels=pixels, ranks=n, elem=e)
