@@ -95,8 +95,9 @@ def import_sgm(root: Path) -> types.SimpleNamespace:
                                  GeneralConditioner=GeneralConditioner)
 
 
-def randomize(module: torch.nn.Module, seed: int) -> None:
-    """Seeded random weights everywhere (sgm zero-initialises output layers, which would hide errors)."""
+def randomize(module: torch.nn.Module, seed: int, scale: float = 0.2) -> None:
+    """Seeded random weights everywhere (sgm zero-initialises output layers, which would hide errors);
+    matrices get ``scale · N(0, 1) / sqrt(fan_in)``."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
@@ -104,7 +105,7 @@ def randomize(module: torch.nn.Module, seed: int) -> None:
             if "norm" in name and name.endswith("weight"):
                 p.copy_(1 + 0.1 * noise)
             else:
-                p.copy_(0.2 * noise / max(1.0, p[0].numel() ** 0.5) if p.ndim > 1 else 0.1 * noise)
+                p.copy_(scale * noise / max(1.0, p[0].numel() ** 0.5) if p.ndim > 1 else 0.1 * noise)
             p.copy_(p.half().float())  # float16-exact, so the weights file stores them losslessly in half
 
 

@@ -1,7 +1,7 @@
 """vidiff.conditioning: CLIP image token, concat latent and scalar embeddings, as a typed ``Cond``."""
 
 from vidiff.conditioning.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPImageEmbedder, resize_antialiased
-from vidiff.conditioning.cond import Cond
+from vidiff.conditioning.cond import Cond, SV4DCond
 from vidiff.conditioning.conditioner import Conditioner, drop_conditions
 from vidiff.conditioning.embedders import (
     SV3D_U_SCALARS,
@@ -22,6 +22,7 @@ __all__ = [
     "CLIPImageEmbedder",
     "Cond",
     "Conditioner",
+    "SV4DCond",
     "TextCond",
     "UMT5TextEncoder",
     "clip_image_tokens",

@@ -61,3 +61,25 @@ class Cond:
             vector=self.vector if self.vector is None or keep_vector else torch.zeros_like(self.vector),
             concat=None if self.concat is None else torch.zeros_like(self.concat),
         )
+
+
+@dataclass(frozen=True)
+class SV4DCond(Cond):
+    """:class:`Cond` plus ``cond_view (B, V, C, h, w)``: the unscaled latents of the V reference views
+    (SV4D, Xie et al. 2024; SV4D 2.0, Yao et al. 2025), which the network's motion blocks attend to.
+
+    For SV4D, ``crossattn (B, T, D)`` holds one CLIP token per time, ``vector (B, T·V, D)`` and ``concat
+    (B, T·V, C, h, w)`` one row per latent, flattened time-major (latent ``t·V + v``).
+    """
+
+    cond_view: Tensor | None = None
+
+    def zeros_like(self, *, keep_vector: bool = True, vector: Tensor | None = None) -> SV4DCond:
+        """sgm's unconditional branch for SV4D: CLIP tokens, concat latents and reference views zeroed
+        (``cond_frames_without_noise``, ``cond_frames``, ``cond_view``). sgm's zeroing of ``cond_frames`` also
+        zeroes that embedder's second output, the cond-σ columns ``[:256]`` of the vector, while the camera
+        columns are kept: pass that unconditional ``vector`` (otherwise the vector is kept, or zeroed with
+        ``keep_vector=False``)."""
+        base = super().zeros_like(keep_vector=keep_vector)
+        return SV4DCond(crossattn=base.crossattn, vector=base.vector if vector is None else vector, concat=base.concat,
+                        cond_view=None if self.cond_view is None else torch.zeros_like(self.cond_view))

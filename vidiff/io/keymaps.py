@@ -16,7 +16,7 @@ diffusers uses linear layers (C, C). The UNet transformers' ``proj_in`` / ``proj
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
@@ -115,9 +115,13 @@ _S_MID = re.compile(r"^middle_block\.(\d+)\.(.+)$")
 
 
 def unet_diffusers_to_sgm_key(
-    key: str, layers_per_block: int, up_blocks_with_attention: Iterable[int]
+    key: str, layers_per_block: int, up_blocks_with_attention: Iterable[int], *,
+    res_tail: Callable[[str], str] = _unet_res_to_sgm, attn_tail: Callable[[str], str] = _unet_attn_to_sgm,
 ) -> str:
-    """The sgm ``VideoUNet`` name of a diffusers ``UNetSpatioTemporalConditionModel`` key."""
+    """The sgm ``VideoUNet`` name of a diffusers ``UNetSpatioTemporalConditionModel`` key.
+
+    ``res_tail`` / ``attn_tail`` rename what follows a resnet's / a transformer's prefix (SV4D's blocks
+    share the UNet's layout but not its inner names, see ``sv4d_keymap``)."""
     L = layers_per_block
     for a, b in _UNET_TOP.items():
         if key.startswith(a):
@@ -125,31 +129,35 @@ def unet_diffusers_to_sgm_key(
     if m := _D_MID.match(key):
         kind, j, rest = m.group(1), int(m.group(2)), m.group(3)
         if kind == "attentions" and j == 0:
-            return "middle_block.1." + _unet_attn_to_sgm(rest)
+            return "middle_block.1." + attn_tail(rest)
         if kind == "resnets" and j in (0, 1):
-            return f"middle_block.{2 * j}." + _unet_res_to_sgm(rest)
+            return f"middle_block.{2 * j}." + res_tail(rest)
     elif m := _D_BLOCK.match(key):
         side, i, kind, j, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
         if side == "down_blocks":
             if kind == "resnets":
-                return f"input_blocks.{1 + i * (L + 1) + j}.0." + _unet_res_to_sgm(rest)
+                return f"input_blocks.{1 + i * (L + 1) + j}.0." + res_tail(rest)
             if kind == "attentions":
-                return f"input_blocks.{1 + i * (L + 1) + j}.1." + _unet_attn_to_sgm(rest)
+                return f"input_blocks.{1 + i * (L + 1) + j}.1." + attn_tail(rest)
             if kind == "downsamplers" and j == 0 and rest.startswith("conv."):
                 return f"input_blocks.{(i + 1) * (L + 1)}.0.op." + rest[len("conv.") :]
         else:
             if kind == "resnets":
-                return f"output_blocks.{i * (L + 1) + j}.0." + _unet_res_to_sgm(rest)
+                return f"output_blocks.{i * (L + 1) + j}.0." + res_tail(rest)
             if kind == "attentions":
-                return f"output_blocks.{i * (L + 1) + j}.1." + _unet_attn_to_sgm(rest)
+                return f"output_blocks.{i * (L + 1) + j}.1." + attn_tail(rest)
             if kind == "upsamplers" and j == 0 and rest.startswith("conv."):
                 slot = 2 if i in set(up_blocks_with_attention) else 1
                 return f"output_blocks.{i * (L + 1) + L}.{slot}.conv." + rest[len("conv.") :]
     raise CheckpointError(f"unet: no sgm name for diffusers key {key!r}")
 
 
-def unet_sgm_to_diffusers_key(key: str, layers_per_block: int) -> str:
-    """The diffusers name of an sgm ``VideoUNet`` key (without ``model.diffusion_model.``)."""
+def unet_sgm_to_diffusers_key(
+    key: str, layers_per_block: int, *,
+    res_tail: Callable[[str], str] = _unet_res_from_sgm, attn_tail: Callable[[str], str] = _unet_attn_from_sgm,
+) -> str:
+    """The diffusers name of an sgm ``VideoUNet`` key (without ``model.diffusion_model.``); ``res_tail`` /
+    ``attn_tail`` as in :func:`unet_diffusers_to_sgm_key`."""
     L = layers_per_block
     for a, b in _UNET_TOP.items():
         if key.startswith(b):
@@ -157,9 +165,9 @@ def unet_sgm_to_diffusers_key(key: str, layers_per_block: int) -> str:
     if m := _S_MID.match(key):
         n, rest = int(m.group(1)), m.group(2)
         if n == 1:
-            return "mid_block.attentions.0." + _unet_attn_from_sgm(rest)
+            return "mid_block.attentions.0." + attn_tail(rest)
         if n in (0, 2):
-            return f"mid_block.resnets.{n // 2}." + _unet_res_from_sgm(rest)
+            return f"mid_block.resnets.{n // 2}." + res_tail(rest)
     elif m := _S_BLOCK.match(key):
         side, n, slot, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
         if side == "input_blocks" and n >= 1:
@@ -167,17 +175,17 @@ def unet_sgm_to_diffusers_key(key: str, layers_per_block: int) -> str:
             if j == L and slot == 0 and rest.startswith("op."):
                 return f"down_blocks.{i}.downsamplers.0.conv." + rest[len("op.") :]
             if j < L and slot == 0:
-                return f"down_blocks.{i}.resnets.{j}." + _unet_res_from_sgm(rest)
+                return f"down_blocks.{i}.resnets.{j}." + res_tail(rest)
             if j < L and slot == 1:
-                return f"down_blocks.{i}.attentions.{j}." + _unet_attn_from_sgm(rest)
+                return f"down_blocks.{i}.attentions.{j}." + attn_tail(rest)
         elif side == "output_blocks":
             i, j = divmod(n, L + 1)
             if slot == 0:
-                return f"up_blocks.{i}.resnets.{j}." + _unet_res_from_sgm(rest)
+                return f"up_blocks.{i}.resnets.{j}." + res_tail(rest)
             if slot in (1, 2) and j == L and rest.startswith("conv."):
                 return f"up_blocks.{i}.upsamplers.0.conv." + rest[len("conv.") :]
             if slot == 1:
-                return f"up_blocks.{i}.attentions.{j}." + _unet_attn_from_sgm(rest)
+                return f"up_blocks.{i}.attentions.{j}." + attn_tail(rest)
     raise CheckpointError(f"unet: unknown sgm key {key!r}")
 
 

@@ -37,11 +37,12 @@ class BasicTransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
-class TemporalTransformerBlock(nn.Module):
-    """The same block over the frame axis, preceded by an extra feed-forward (sgm's ``ff_in``).
+class SequenceTransformerBlock(nn.Module):
+    """Feed-forward in (sgm's ``ff_in``), self-attention, cross-attention, feed-forward, each residual, on
+    ready-made token sequences (sgm's ``BasicTransformerTimeMixBlock`` once its rearrange is done).
 
-    Every pixel of every video is one sequence of T tokens; cross-attention reads the video's
-    first-frame context (sgm ``use_spatial_context``).
+    Which tokens form a sequence is the caller's choice: the frames of one pixel (SVD's temporal block,
+    below), the views of one frame or the times of one view (SV4D, ``sv4d.py``).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None, dropout: float = 0.0):
@@ -55,15 +56,27 @@ class TemporalTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``x (N, L, C)``: N sequences of L tokens; ``context (M, S, D)``, ``N % M == 0`` -> ``(N, L, C)``."""
+        x = x + self.ff_in(self.norm_in(x))
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)  # each context row serves N / M consecutive sequences
+        return x + self.ff(self.norm3(x))
+
+
+class TemporalTransformerBlock(SequenceTransformerBlock):
+    """The sequence block over the frame axis (SVD's temporal attention).
+
+    Every pixel of every video is one sequence of T tokens; cross-attention reads the video's
+    first-frame context (sgm ``use_spatial_context``).
+    """
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
         """``x (B·T, HW, C)``, ``context (B, S, D)`` -> ``(B·T, HW, C)``."""
         bt, hw, c = x.shape
         # Tokens of one pixel across the frames of its video become one sequence.
         x = x.reshape(-1, num_frames, hw, c).transpose(1, 2).reshape(-1, num_frames, c)  # (B·HW, T, C)
-        x = x + self.ff_in(self.norm_in(x))
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)  # each context row serves the HW pixels of its video
-        x = x + self.ff(self.norm3(x))
+        x = super().forward(x, context)  # each context row serves the HW pixels of its video
         return x.reshape(-1, hw, num_frames, c).transpose(1, 2).reshape(bt, hw, c)
 
 
