@@ -28,6 +28,7 @@ from vidiff.cli.generate_parallel import (
 )
 from vidiff.cli.generate_post import add_postprocess_arguments, apply_postprocess, postprocess_config
 from vidiff.cli.generate_sv3d import add_sv3d_arguments, check_sv3d_arguments, sv3d_pipeline
+from vidiff.cli.generate_sv4d import add_sv4d_arguments, run_sv4d, sv4d_requested
 from vidiff.cli.generate_text import add_text_arguments, run_text, text_requested
 from vidiff.cli.generate_video import add_video_arguments, run_video, video_requested
 from vidiff.cli.main import CLIError
@@ -96,6 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_text_arguments(p)
     add_video_arguments(p)
     add_sv3d_arguments(p)
+    add_sv4d_arguments(p)
     p.add_argument("--settings", default=None, help="a sidecar JSON from an earlier run to repeat")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -231,6 +233,8 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
 
 
 def run(args: argparse.Namespace) -> int:
+    if (sv4d := sv4d_requested(args)) is not None:  # an SV4D model: novel-view videos of --video
+        return run_sv4d(args, sv4d)
     check_sv3d_arguments(args)
     if args.camera is not None and (text_requested(args) or video_requested(args)):
         raise CLIError(f"--camera {args.camera}: image-to-video only, not --prompt or --video runs")

@@ -23,6 +23,7 @@ from vidiff.diffusion.guidance import (
     frame_scales,
     linear_frame_scales,
     per_frame,
+    spatiotemporal_scales,
     triangle_frame_scales,
 )
 from vidiff.diffusion.losses import (
@@ -143,6 +144,7 @@ __all__ = [
     "shift_flow_time",
     "sigma_from_alpha_bar",
     "sigma_to_flow_time",
+    "spatiotemporal_scales",
     "to_d",
     "triangle_frame_scales",
     "weighting_by_name",

@@ -86,6 +86,20 @@ def triangle_frame_scales(min_scale: float, max_scale: float, num_frames: int, *
     return wave * (max_scale - min_scale) + min_scale
 
 
+def spatiotemporal_scales(min_scale: float, max_scale: float, num_frames: int, num_views: int, *,
+                          dtype: torch.dtype = torch.float32) -> Tensor:
+    """SV4D's guidance over a window of ``T`` frames × ``V`` views flattened t-major, ``(T·V,)``.
+
+    ``min + (max − min)·(½·linspace(0, 1, T)[t] + ½·triangle(v))``, the triangle of
+    :func:`triangle_frame_scales` over the views (SV4D, Xie et al. 2024; sgm's SpatiotemporalPredictionGuider):
+    guidance grows along time and peaks at the view opposite the input camera.
+    """
+    time = torch.linspace(0, 1, num_frames, dtype=dtype)[:, None] * 0.5
+    view = triangle_frame_scales(0.0, 1.0, num_views, dtype=dtype)[None, :] * 0.5
+    grid = torch.zeros(num_frames, num_views, dtype=dtype) + time + view
+    return grid.flatten() * (max_scale - min_scale) + min_scale
+
+
 FRAME_SCALES: dict[str, Callable[..., Tensor]] = {
     "linear": linear_frame_scales,
     "triangle": triangle_frame_scales,

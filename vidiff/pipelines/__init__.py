@@ -22,6 +22,10 @@ _EXPORTS = {
     "TextToVideoPipeline": "vidiff.pipelines.text_to_video",
     "SV3DPipeline": "vidiff.pipelines.sv3d",
     "sv3d_orbit": "vidiff.pipelines.sv3d",
+    "SV4DPipeline": "vidiff.pipelines.sv4d",
+    "SV4DOutput": "vidiff.pipelines.sv4d",
+    "SV4DVariant": "vidiff.pipelines.sv4d_schedule",
+    "sv4d_model_type": "vidiff.pipelines.sv4d",
     "load_wan_pipeline": "vidiff.pipelines.wan_loading",
 }
 
