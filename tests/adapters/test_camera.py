@@ -183,6 +183,11 @@ def test_shipped_adapter_pans_the_way_it_is_asked(tmp_path: Path, capsys: pytest
     camera = json.loads(out.with_name("clip.mp4.json").read_text())["camera"]
     assert camera["request"] == "zoom-in" and len(camera["path"]) == 4
     torch.testing.assert_close(torch.tensor(camera["path"]), camera_preset("zoom-in", 4))
+    again = tmp_path / "again.mp4"  # --settings replays the camera too: the same frames, the same path
+    assert main(["generate", "--image", str(PHOTO), "--output", str(again), "--settings",
+                 str(out.with_name("clip.mp4.json")), "--quiet"]) == 0, capsys.readouterr().err
+    assert json.loads(again.with_name("again.mp4.json").read_text())["camera"] == camera
+    assert again.read_bytes() == out.read_bytes()  # one x264 thread: identical frames, identical bytes
 
 
 def test_train_with_a_camera_section_trains_only_the_adapter(tmp_path: Path) -> None:

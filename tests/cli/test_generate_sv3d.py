@@ -48,6 +48,12 @@ def test_azimuths_and_elevation_reach_the_sidecar(sv3d_p: Path, tmp_path: Path,
     assert code == 0, err
     record = json.loads(out2.with_name("default.mp4.json").read_text())["sv3d"]
     assert record["azimuths_deg"] == pytest.approx([72, 144, 216, 288, 0]) and record["elevations_deg"] == [-5] * 5
+    again = tmp_path / "again.mp4"  # --settings replays the orbit (not the default one): same cameras, same frames
+    code, err = _run(capsys, "--image", PHOTO, "--model", sv3d_p, "--output", again, "--settings",
+                     out2.with_name("default.mp4.json"), "--quiet")
+    assert code == 0, err
+    assert json.loads(again.with_name("again.mp4.json").read_text())["sv3d"] == record
+    assert again.read_bytes() == out2.read_bytes()
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -195,6 +195,28 @@ def _replay_run_options(args: argparse.Namespace, sidecar: dict) -> None:
         if not valid(value):
             raise CLIError(f"settings file {args.settings}: {key} = {value!r} is not a valid value")
         setattr(args, key, value)
+    _replay_cameras(args, sidecar)
+
+
+def _replay_cameras(args: argparse.Namespace, sidecar: dict) -> None:
+    """The recorded cameras, unless the command line gives its own: SV3D_p's orbit (``sv3d``: every frame's
+    elevation and azimuth) and the camera adapter's request (``camera``: a preset name or a JSON path file)."""
+    orbit = sidecar.get("sv3d") or {}
+    if "azimuths_deg" in orbit and not (args.elevation or args.azimuths or args.orbit):
+        try:
+            args.elevation, args.azimuths = (",".join(str(float(v)) for v in orbit[k])
+                                             for k in ("elevations_deg", "azimuths_deg"))
+        except (KeyError, TypeError, ValueError):
+            raise CLIError(f"settings file {args.settings}: sv3d = {orbit!r} is not an orbit") from None
+    camera = sidecar.get("camera") or {}
+    if camera and args.camera is None:
+        request = camera.get("request") if isinstance(camera, dict) else None
+        if not isinstance(request, str) or request == "tensor":
+            raise CLIError(f"settings file {args.settings}: its camera path was given as a tensor in Python and "
+                           "cannot be replayed: give --camera")
+        args.camera = request
+        if getattr(args, "camera_adapter", None) is None and isinstance(camera.get("adapter"), str):
+            args.camera_adapter = camera["adapter"]
 
 
 def _check_output(output: Path, image: Path) -> None:
