@@ -71,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_load(args.command).run(args) or 0)
     except CLIError as e:
-        print(f"vidiff {args.command}: error: {e}", file=sys.stderr)
+        # one write of the whole line: ranks under torchrun share stderr, and print's separate newline let
+        # two ranks' messages run into one line
+        sys.stderr.write(f"vidiff {args.command}: error: {e}\n")
+        sys.stderr.flush()
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"vidiff {args.command}: interrupted", file=sys.stderr)

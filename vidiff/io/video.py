@@ -35,7 +35,7 @@ from typing import Any
 import av
 import numpy as np
 import torch
-from av.video.reformatter import ColorRange, Colorspace, Interpolation
+from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 from PIL import Image, ImageOps
 
 from vidiff.io.atomic import atomic_dir, atomic_file, check_writable
@@ -64,7 +64,8 @@ IMAGE_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WE
 FOLDER_META = "video.json"
 # swscale's default yuv420p<->rgb24 fast path replicates chroma (nearest), costing ~10 dB PSNR on smooth
 # colour; full chroma interpolation with accurate rounding is used both ways instead. Conversions run on one
-# thread: swscale's slice threads gave different pixels at slice edges when the machine was loaded.
+# thread (swscale's slice threads gave different pixels at slice edges when the machine was loaded), each video
+# through its own VideoReformatter (with PyAV's shared one, encoding a video changed the bytes of the next).
 _SWS_FLAGS = (Interpolation.BICUBIC | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP
               | Interpolation.ACCURATE_RND)
 _BT601 = 6  # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value of SMPTE 170M (BT.601), tagged on what we encode
@@ -156,9 +157,11 @@ def _write_av(arr: np.ndarray, dst: str, fps: Fraction, fmt: str, crf: int | Non
                           f"{w + w % 2}x{h + h % 2}", stacklevel=3)
             arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
             h, w = arr.shape[1:3]
-        # one x264 thread: the same frames give the same bytes however loaded the machine is (with frame
-        # threads the stream differed under load: batch runs on 2 ranks did not match one process)
-        opts = {"crf": str(18 if crf is None else crf), "preset": "medium", "threads": "1"}
+        # the same frames give the same bytes in any process, however loaded the machine: one x264 thread (with
+        # frame threads the stream differed under load) and no MB-tree (its SIMD propagation made the bytes
+        # depend on what the process had encoded before: 3 different files from 5 encodes of the same frames)
+        opts = {"crf": str(18 if crf is None else crf), "preset": "medium", "threads": "1",
+                "x264-params": "mbtree=0"}
     elif fmt == "webm":
         codec, container_fmt, pix_fmt = "libvpx-vp9", "webm", pix_fmt or "yuv420p"
         opts = {"crf": str(30 if crf is None else crf), "b": "0", "row-mt": "1", "deadline": "good",
@@ -177,9 +180,10 @@ def _write_av(arr: np.ndarray, dst: str, fps: Fraction, fmt: str, crf: int | Non
             cc = stream.codec_context
             cc.colorspace = cc.color_primaries = cc.color_trc = _BT601
             cc.color_range = int(ColorRange.MPEG)
-            frames = (av.VideoFrame.from_ndarray(a, format="rgb24").reformat(
-                format=pix_fmt, dst_colorspace=Colorspace.ITU601, dst_color_range=ColorRange.MPEG,
-                interpolation=_SWS_FLAGS, threads=1) for a in arr)
+            sws = VideoReformatter()  # this video's own conversion context: nothing carried from another video
+            frames = (sws.reformat(av.VideoFrame.from_ndarray(a, format="rgb24"), format=pix_fmt,
+                                   dst_colorspace=Colorspace.ITU601, dst_color_range=ColorRange.MPEG,
+                                   interpolation=_SWS_FLAGS, threads=1) for a in arr)
         for frame in frames:
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
@@ -430,18 +434,18 @@ def av_frames(path: Path) -> Any:
     container, stream = _open_av(path)
     with container:
         stream.thread_type = "AUTO"
-        count = 0
+        count, sws = 0, VideoReformatter()  # this video's own conversion context
         try:
             for frame in container.decode(stream):
                 count += 1
-                yield _to_rgb(frame)
+                yield _to_rgb(frame, sws)
         except av.error.FFmpegError as e:
             if not count:
                 raise VideoError(f"{path}: corrupt video ({e})") from e
             warnings.warn(f"{path}: decoding stopped early ({e})", stacklevel=3)
 
 
-def _to_rgb(frame: Any) -> np.ndarray:
+def _to_rgb(frame: Any, sws: VideoReformatter) -> np.ndarray:
     if frame.format.name in ("rgb24", "pal8", "gray"):
         return frame.to_ndarray(format="rgb24")
     rng = frame.color_range if frame.color_range in (ColorRange.MPEG, ColorRange.JPEG) else None
@@ -457,8 +461,8 @@ def _to_rgb(frame: Any) -> np.ndarray:
             dst.update(buf)
         copy.colorspace = frame.colorspace
         frame = copy
-    return frame.reformat(format="rgb24", interpolation=_SWS_FLAGS, src_color_range=rng,
-                          threads=1).to_ndarray()
+    return sws.reformat(frame, format="rgb24", interpolation=_SWS_FLAGS, src_color_range=rng,
+                        threads=1).to_ndarray()
 
 
 def _pil_frames(path: Path) -> Any:
