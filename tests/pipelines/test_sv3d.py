@@ -186,12 +186,19 @@ def tiny_sv3d_p_checkpoint(sgm_weights: dict[str, torch.Tensor], clip_folder: Pa
         "feature_extractor": base["feature_extractor"], "scheduler": base["scheduler"]})
 
 
-def write_tiny_sv3d_p(path: Path, layout: str, clip_folder: Path) -> Path:
-    """Write the tiny SV3D_p at ``path`` in ``layout`` (``single-file`` or ``diffusers``); returns ``path``."""
+def write_tiny_sv3d_p(path: Path, layout: str, clip_folder: Path, *, camera: bool = True) -> Path:
+    """Write the tiny SV3D_p at ``path`` in ``layout`` (``single-file`` or ``diffusers``); returns ``path``.
+    ``camera=False`` writes a tiny SV3D_u instead: the vector embedding keeps only its first 256 inputs (the
+    cond_aug embedding; SV3D_p's 1280 add the polar and azimuth ones)."""
     from vidiff.io.checkpoints import write_checkpoint
 
     weights = {k: v.float() for k, v in load_file(str(DATA / "tiny_sv3d_p.safetensors")).items()}
-    write_checkpoint(tiny_sv3d_p_checkpoint(weights, clip_folder), path, layout)
+    ckpt = tiny_sv3d_p_checkpoint(weights, clip_folder)
+    if not camera:
+        unet = ckpt["unet"]
+        unet.state_dict["add_embedding.linear_1.weight"] = unet.state_dict["add_embedding.linear_1.weight"][:, :256]
+        unet.config["projection_class_embeddings_input_dim"] = 256
+    write_checkpoint(ckpt, path, layout)
     return path
 
 

@@ -168,30 +168,40 @@ def test_sv3d_orbit_of_frame_0_gives_the_reference_views(golden: dict[str, torch
     assert torch.allclose(anchor_views, torch.stack([torch.full((3, 16, 16), v / 10) * 2 - 1 for v in (1, 2)]))
 
 
-def test_released_layout_single_file_loads(golden: dict[str, torch.Tensor], tiny_svd_folder: Path,
-                                           tmp_path: Path) -> None:
-    """A single file in the released layout (tiny network, the SV3D goldens' tiny VAE written as the three
-    conditioner encoder copies and the first-stage decoder, the shared tiny CLIP tower) loads strictly."""
+def write_released_layout(path: Path, network: dict[str, torch.Tensor], clip_folder: Path) -> Path:
+    """An SV4D single file in the released sgm layout at ``path``: ``network`` (``model.diffusion_model.*``),
+    the SV3D goldens' tiny VAE written as the three conditioner encoder copies and the first-stage decoder,
+    and the tiny CLIP tower of ``clip_folder`` (the shared ``tiny_svd_folder`` fixture) as OpenCLIP's."""
     from safetensors.torch import save_file
 
     from vidiff.io.single_file import sgm_tensors
-    from vidiff.networks.sv4d import SV4DUNet
-    from vidiff.networks.sv4d_config import SV4D_PRESETS
 
     from .test_sv3d import DATA as SV3D_DATA
     from .test_sv3d import tiny_sv3d_p_checkpoint
 
     sv3d = {k: v.float() for k, v in load_file(str(SV3D_DATA / "tiny_sv3d_p.safetensors")).items()}
-    tensors = {k: v for k, v in sgm_tensors(tiny_sv3d_p_checkpoint(sv3d, tiny_svd_folder)).items()
+    tensors = {k: v for k, v in sgm_tensors(tiny_sv3d_p_checkpoint(sv3d, clip_folder)).items()
                if not k.startswith("model.diffusion_model.")}
     encoder = {k: v for k, v in tensors.items() if k.startswith("conditioner.embedders.1.")}
     for i in (4, 5):
         tensors.update({k.replace("embedders.1.", f"embedders.{i}."): v.clone() for k, v in encoder.items()})
-    tensors.update(load_file(str(DATA / "tiny_sv4d2.safetensors")))
-    path = tmp_path / "sv4d2_8views.safetensors"
-    save_file(tensors, str(path))
-    pipe = SV4DPipeline.from_single_file(path, config=SV4D_PRESETS["tiny_sv4d2_8views"])
+    save_file({**tensors, **network}, str(path))
+    return path
+
+
+def test_released_layout_single_file_loads(tiny_svd_folder: Path, tmp_path: Path) -> None:
+    """A single file in the released layout with a tiny network loads strictly, its network config read from
+    the tensor shapes (no ``config`` given): the tiny preset's, with the preset's 64-wide heads narrowed to
+    the 32-wide levels."""
+    from vidiff.networks.sv4d import SV4DUNet
+    from vidiff.networks.sv4d_config import SV4D_PRESETS
+
+    path = write_released_layout(tmp_path / "sv4d2_8views.safetensors",
+                                 load_file(str(DATA / "tiny_sv4d2.safetensors")), tiny_svd_folder)
+    pipe = SV4DPipeline.from_single_file(path)
     assert pipe.variant.name == "sv4d2_8views" and isinstance(pipe.network, SV4DUNet)
+    tiny = SV4D_PRESETS["tiny_sv4d2_8views"]
+    assert pipe.network.config == tiny.replace(num_head_channels=32, num_times=5, attention_resolutions=())
     tokens = pipe.tokens(torch.rand(2, 3, 16, 16) * 2 - 1)
     latents = pipe.encode(torch.rand(2, 3, 16, 16) * 2 - 1)
     assert tokens.shape[0] == 2 and latents.shape == (2, 4, 16, 16)  # the tiny VAE does not downsample

@@ -10,6 +10,9 @@ from other cameras. ``generate.py`` hands a run over here when ``--model`` is an
 for the script's default azimuths. SV4D needs the SV3D_u model that renders its reference views
 (``--sv3d-model``). Everything checkable without loading the model (an image instead of a video, the camera
 lists' lengths and ranges, the video's frame count, the output path) fails first, one line, exit 2.
+``--max-memory`` chooses the VAE's encode and decode chunks (:mod:`vidiff.pipelines.memory_sv4d`) before any
+sampling; the plan and its predicted peak go in the sidecar, and a budget below the most frugal plan is one
+line, exit 2.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def _check_cheap(args: argparse.Namespace, kind: str) -> tuple[Path, Path, Any]:
         given = f"--image {args.image}: " if args.image else ""
         raise CLIError(f"{given}{args.model} is an {kind} model, which renders novel views of a video: give --video, "
                        "not an image")
-    for flag in ("--image", "--strength", "--prompt", "--batch", "--offload", "--max-memory", "--attention-chunk",
+    for flag in ("--image", "--strength", "--prompt", "--batch", "--offload", "--attention-chunk",
                  "--parallel", "--camera", "--lora", "--vae-tiling"):
         if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False, []):
             raise CLIError(f"{flag}: not for SV4D runs ({args.model} is {kind}); give --video and --output only")
@@ -81,6 +84,13 @@ def _check_cheap(args: argparse.Namespace, kind: str) -> tuple[Path, Path, Any]:
         raise CLIError(f"{args.model} is SV4D, which conditions on the SV3D orbit of frame 0: give --sv3d-model "
                        "(an SV3D_u single file)")
     _cameras(args, kind)
+    if args.max_memory is not None:
+        from vidiff.pipelines.memory import parse_memory
+
+        try:
+            parse_memory(args.max_memory)
+        except ValueError as e:
+            raise CLIError(f"--max-memory: {e}") from None
     settings = _settings(args)
     variant = VARIANTS[kind]
     n = settings.num_frames or (sv4d_num_frames(variant) if variant.uses_sv3d else SV4D_FRAMES)
@@ -142,7 +152,7 @@ def run_sv4d(args: argparse.Namespace, kind: str) -> int:
                       num_inference_steps=settings.num_inference_steps,
                       min_guidance_scale=settings.min_guidance_scale, max_guidance_scale=settings.max_guidance_scale,
                       seed=23 if settings.seed is None else settings.seed,
-                      decode_chunk_size=settings.decode_chunk_size or 4)
+                      decode_chunk_size=settings.decode_chunk_size or 4, max_memory=args.max_memory)
     except ValueError as e:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - start

@@ -106,6 +106,7 @@ class ModelFootprint:
     largest_layer_params: int = 0
     unet_layers: tuple[int, ...] | None = None  # resnets per encoder level (None: 2 at every level, as SVD)
     unet_in_channels: int = 8
+    unet_attention: tuple[bool, ...] | None = None  # levels with transformers (None: all but the deepest, as SVD)
     vae_tile: int = 512  # pixels per tile side when tiling (the VAE's ``tile_latent_size`` x its downsampling)
     dit: DiTShape | None = None  # set when the denoiser is a DiT (then ``unet_*`` describe its one width)
     causal_vae: CausalVAEShape | None = None  # set for Wan's causal 3D VAE (then ``vae_channels`` is unused)
@@ -248,7 +249,10 @@ def _unet_activation_bytes(fp: ModelFootprint, run: RunShape, attention_chunk: i
         skips += c * (layers[i] * pixels[i] + (pixels[i + 1] if i < levels - 1 else 0))
     block = max(RESNET_MAPS * (ci + co) / 2 * pixels[i] for ci, co, i in _unet_resnets(fp))
     largest = 0.0
-    for i, (c, heads) in enumerate(zip(fp.unet_channels[:-1], fp.unet_heads)):  # no attention at the deepest
+    attention = fp.unet_attention or tuple(i < levels - 1 for i in range(levels))
+    for i, (c, heads) in enumerate(zip(fp.unet_channels, fp.unet_heads)):
+        if not attention[i]:
+            continue
         tokens = n * pixels[i]
         chunk = tokens if attention_chunk is None else min(tokens, attention_chunk * h * w)
         scores = 0.0 if run.fused_attention else chunk / pixels[i] * heads * pixels[i] ** 2

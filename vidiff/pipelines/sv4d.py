@@ -17,10 +17,11 @@ the VAE and CLIP are the image-to-video pipeline's components.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -37,6 +38,8 @@ from vidiff.diffusion import (
     sample_euler,
 )
 from vidiff.io.weights import load_state_dict_strict, read_safetensors_shapes
+from vidiff.pipelines.memory import ModelFootprint
+from vidiff.pipelines.memory_sv4d import SV4DMemoryPlan, SV4DRunShape, sv4d_plan_for_budget
 from vidiff.pipelines.sv3d import Angles, Orbit
 from vidiff.pipelines.sv4d_schedule import (
     COND_SIGMA,
@@ -55,6 +58,9 @@ from vidiff.pipelines.sv4d_schedule import (
     window_angles,
 )
 from vidiff.utils import randn
+
+if TYPE_CHECKING:
+    from vidiff.networks.sv4d_config import SV4DConfig
 
 DEFAULT_DECODE_CHUNK = 4  # the scripts' ``decoding_t``
 DEFAULT_ENCODE_CHUNK = 8  # the scripts' ``encoding_t``
@@ -105,6 +111,22 @@ def sv4d_model_type(path: str | Path) -> str | None:
     return "sv4d2_8views" if "8view" in path.stem.lower() else "sv4d2"
 
 
+def network_config(unet: Mapping[str, Any], kind: str) -> SV4DConfig:
+    """The ``SV4DConfig`` of an SV4D network state dict (vidiff names) of model type ``kind``: every size from
+    the shapes (:meth:`SV4DConfig.from_state_dict`), the rest from the type's preset (window, view grouping,
+    camera embedding) and its 64-wide heads, narrowed to the gcd with the level widths for a network narrower
+    than the released ones (sgm would give such a level no head at all)."""
+    from vidiff.networks.sv4d_config import SV4D_PRESETS, SV4DConfig
+
+    preset = SV4D_PRESETS[kind]
+    widths = [int(v.shape[0]) for k, v in unet.items()
+              if k.startswith("down_blocks.") and k.endswith(".resnets.0.spatial_res_block.conv1.weight")]
+    return SV4DConfig.from_state_dict(
+        unet, use_3d_attention=preset.use_3d_attention, use_camera_emb=preset.use_camera_emb,
+        num_times=preset.num_times, num_views=preset.num_views,
+        num_head_channels=math.gcd(preset.num_head_channels, *widths))
+
+
 class SV4DPipeline:
     """``pipe(video)``: the ``V`` novel-view videos of an SV4D / SV4D 2.0 model.
 
@@ -126,14 +148,15 @@ class SV4DPipeline:
         self.dtype = dtype
 
     @classmethod
-    def from_single_file(cls, path: str | Path, *, model_type: str | None = None, config: Any = None,
+    def from_single_file(cls, path: str | Path, *, model_type: str | None = None, config: SV4DConfig | None = None,
                          sv3d: Any = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
                          ) -> SV4DPipeline:
         """A released ``sv4d*.safetensors`` (sgm layout), strictly: every tensor used or deliberately ignored.
 
         ``model_type``: ``sv4d``, ``sv4d2`` or ``sv4d2_8views`` (default: :func:`sv4d_model_type`, from the
-        file); ``config``: the network's ``SV4DConfig`` (default: the model type's preset). The VAE runs in
-        float32 (the scripts disable first-stage autocast)."""
+        file); ``config``: the network's ``SV4DConfig`` (default: read from the tensor shapes, see
+        :func:`network_config`, so a network of any size loads). The VAE runs in float32 (the scripts disable
+        first-stage autocast)."""
         from vidiff.autoencoders import AutoencoderKL, ImageVAEConfig
         from vidiff.conditioning import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPImageEmbedder
         from vidiff.io import load_safetensors
@@ -142,7 +165,6 @@ class SV4DPipeline:
         from vidiff.io.single_file import infer_vae_config
         from vidiff.io.sv4d_keymap import split_sv4d_single_file
         from vidiff.networks.sv4d import SV4DUNet
-        from vidiff.networks.sv4d_config import SV4D_PRESETS
         from vidiff.pipelines.loading import _build, _build_image_encoder
 
         kind = model_type or sv4d_model_type(path)
@@ -153,7 +175,7 @@ class SV4DPipeline:
             "vae": Component(infer_vae_config(parts.vae), parts.vae),
             "image_encoder": Component(clip_config_from_state_dict(parts.image_encoder), parts.image_encoder)})
         with torch.device("meta"):
-            unet = SV4DUNet(config or SV4D_PRESETS[kind])
+            unet = SV4DUNet(config or network_config(parts.unet, kind))
         unet = unet.to_empty(device="cpu")
         load_state_dict_strict(unet, parts.unet, "unet")
         vae = _build(ckpt, "vae", ImageVAEConfig, AutoencoderKL)
@@ -162,6 +184,40 @@ class SV4DPipeline:
         vae.eval().to(device)
         clip.encoder.to(device, dtype)
         return cls(unet, vae, clip, kind, sv3d=sv3d, device=device, dtype=dtype)
+
+    # -- memory ----------------------------------------------------------------------------------
+
+    def footprint(self) -> ModelFootprint:
+        """Parameter counts and widths the memory planner needs (:mod:`vidiff.pipelines.memory_sv4d`)."""
+        cfg = self.network.config
+        vae = [(n, p.numel()) for n, p in self.vae.named_parameters()]
+        clip = self.clip.parameters() if isinstance(self.clip, torch.nn.Module) else ()
+        widths = tuple(cfg.block_out_channels)
+        return ModelFootprint(
+            unet_params=sum(p.numel() for p in self.network.parameters()),
+            vae_decoder_params=sum(k for n, k in vae if n.startswith("decoder")),
+            vae_encoder_params=sum(k for n, k in vae if not n.startswith("decoder")),
+            clip_params=sum(p.numel() for p in clip), unet_channels=widths,
+            unet_heads=tuple(c // cfg.num_head_channels for c in widths),
+            unet_layers=(cfg.num_res_blocks,) * len(widths),  # the middle block (deepest level) always attends:
+            unet_attention=tuple(cfg.has_attention(i) or i == len(widths) - 1 for i in range(len(widths))),
+            vae_channels=tuple(self.vae.config.block_out_channels), latent_channels=cfg.out_channels,
+            unet_in_channels=cfg.in_channels)
+
+    def memory_run(self, num_frames: int, height: int, width: int, sv3d: bool) -> SV4DRunShape:
+        """The planner's shape of a run of ``num_frames`` frames at ``height`` × ``width`` (``sv3d``: with the
+        SV3D orbit of frame 0)."""
+        var = self.variant
+        return SV4DRunShape(num_frames=num_frames, height=height, width=width, frames=var.frames, views=var.views,
+                            downsample=self.vae.config.downsample_factor, bytes_per_element=self.dtype.itemsize,
+                            vae_bytes_per_element=self.vae.dtype.itemsize, device_type=self.device.type,
+                            sv3d_frames=var.orbit_frames if sv3d else 0)
+
+    def plan_memory(self, run: SV4DRunShape, max_memory: str | int) -> tuple[SV4DMemoryPlan, float]:
+        """The cheapest VAE chunks predicted to fit ``max_memory`` and the predicted peak (bytes); a
+        ValueError naming the need when even one image per call does not fit."""
+        sv3d = self.sv3d.footprint() if run.sv3d_frames and hasattr(self.sv3d, "footprint") else None
+        return sv4d_plan_for_budget(self.footprint(), run, max_memory, sv3d)
 
     # -- conditioning ----------------------------------------------------------------------------
 
@@ -242,8 +298,8 @@ class SV4DPipeline:
                  min_guidance_scale: float | None = None, max_guidance_scale: float | None = None,
                  seed: int = 23, generator: torch.Generator | None = None, noise: Sequence[Tensor] | None = None,
                  reference_views: Tensor | None = None, decode_chunk_size: int | None = DEFAULT_DECODE_CHUNK,
-                 encode_chunk_size: int | None = DEFAULT_ENCODE_CHUNK, condition_noise: bool = True
-                 ) -> SV4DOutput:
+                 encode_chunk_size: int | None = DEFAULT_ENCODE_CHUNK, condition_noise: bool = True,
+                 max_memory: str | int | None = None) -> SV4DOutput:
         """Novel-view videos of ``video (F, 3, H, W)`` in [0, 1] (already at the model's size; a short video
         is played forwards then backwards, a long one cut, to ``num_frames``, default 21).
 
@@ -252,7 +308,9 @@ class SV4DPipeline:
         (steps, guidance, cameras, seed 23). ``noise``: the initial latents of each window
         ``(T·V, C, h, w)``, in plan order (default: drawn from ``generator``, after SV3D's draws).
         ``condition_noise``: add sgm's σ = 1e-5 noise to the conditioning images before encoding them (as its
-        ``ZeroSampler`` does; False encodes them clean, the limit the golden tests fix)."""
+        ``ZeroSampler`` does; False encodes them clean, the limit the golden tests fix). ``max_memory`` (e.g.
+        ``"8GiB"``): choose the encode and decode chunks instead (:mod:`vidiff.pipelines.memory_sv4d`; exact,
+        the VAE is per image), before any work; a ValueError naming the need when nothing fits."""
         var = self.variant
         orbit = sv4d_cameras(var, elevations, azimuths)
         n = num_frames or (sv4d_num_frames(var) if var.uses_sv3d else SV4D_FRAMES)
@@ -261,6 +319,12 @@ class SV4DPipeline:
             raise ValueError(f"video must be (F, 3, H, W) in [0, 1], got shape {tuple(video.shape)}")
         if noise is not None and len(noise) != len(plan):
             raise ValueError(f"noise: {len(noise)} tensors given for {len(plan)} windows")
+        memory: dict[str, Any] = {}
+        if max_memory is not None:
+            needs_sv3d = var.uses_sv3d and reference_views is None
+            chunks, peak = self.plan_memory(self.memory_run(n, *video.shape[-2:], needs_sv3d), max_memory)
+            encode_chunk_size, decode_chunk_size = chunks.encode_chunk_size, chunks.decode_chunk_size
+            memory = {"max_memory": max_memory, "memory_plan": chunks.describe(), "predicted_peak_bytes": int(peak)}
         frames = video[pad_frames(video.shape[0], n)].float() * 2 - 1  # (N, 3, H, W) in [-1, 1]
         steps = num_inference_steps or var.num_inference_steps
         generator = generator or torch.Generator("cpu").manual_seed(seed)
@@ -300,5 +364,5 @@ class SV4DPipeline:
                     "views": var.views, "window_frames": var.frames, **orbit.to_dict()}
         run = {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                "decode_chunk_size": decode_chunk_size, "encode_chunk_size": encode_chunk_size,
-               "windows": [list(wd.frames) for wd in plan]}
+               "windows": [list(wd.frames) for wd in plan], **memory}
         return SV4DOutput(((out + 1) / 2).clamp(0, 1), settings, run)
