@@ -4,6 +4,7 @@ errors, the per-frame camera vector a training batch gets, and exact resume of a
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,28 @@ def test_trained_orbit_model_generates_from_the_cli(tmp_path: Path, camera: bool
         assert main([*args, f"{tmp_path / 'orbit'}/"]) == 0
         assert read_video(tmp_path / "orbit")[0].shape == (3, 3, 8, 8)
         assert main([*args, str(tmp_path / "refused.mp4"), *camera_args]) == 2  # SV3D_u takes no camera
+
+
+@pytest.mark.parametrize("camera", [True, False], ids=["sv3d_p", "sv3d_u"])
+def test_released_sv3d_checkpoint_fine_tunes_on_orbits(tmp_path: Path, tiny_svd_folder: Path, camera: bool) -> None:
+    """``model.init_from`` an SV3D single file (sgm layout; the tiny goldens' weights): its own vector width
+    decides the camera conditioning, the weights move, and the export is again that family."""
+    from vidiff.pipelines.image_to_video import ImageToVideoPipeline
+    from vidiff.training.config import TrainConfig
+    from vidiff.training.loop import train
+
+    from ..pipelines.test_sv3d import write_tiny_sv3d_p
+
+    model = write_tiny_sv3d_p(tmp_path / "sv3d.safetensors", "single-file", tiny_svd_folder, camera=camera)
+    cfg = TrainConfig.from_yaml(CONFIG, [f"output_dir={tmp_path / 'run'}", "progress=false", f"model.init_from={model}",
+                                         "model.autoencoder=checkpoint", "data.num_frames=5", "data.height=8",
+                                         "data.width=8", "data.num_samples=4", "schedule.max_steps=3",
+                                         "schedule.warmup_steps=1", "checkpoint.every_steps=0"])
+    result = train(cfg)
+    assert all(math.isfinite(loss) for loss in result.losses)
+    pipe, before = (ImageToVideoPipeline.from_pretrained(p) for p in (result.model_dir, model))
+    assert pipe.family.name == before.family.name == ("sv3d_p" if camera else "sv3d_u")
+    assert pipe.family.num_frames == 5
+    weights = pipe.unet.add_embedding.linear_1.weight  # the vector projection: 1280 or 256 inputs
+    assert weights.shape[1] == (1280 if camera else 256)
+    assert not torch.equal(weights, before.unet.add_embedding.linear_1.weight)  # trained
