@@ -226,7 +226,9 @@ def _at_size(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def _fidelity(measure: str, first_frame: bool) -> Callable[[EvalInputs], Result]:
     """PSNR or SSIM (:mod:`vidiff.metrics.fidelity`) of frame 0 against the conditioning image (the curve:
     every frame against it), or of every frame against the same frame of the paired reference video (over
-    the frames both have; the value is the mean over frames)."""
+    the frames both have; the value is the mean SSIM over frames, and the PSNR of the mean squared error over
+    frames — FFmpeg's average PSNR — so that one identical frame (infinite PSNR) does not make the whole
+    video's value infinite)."""
 
     def compute(inputs: EvalInputs) -> Result:
         from vidiff.metrics import fidelity
@@ -237,7 +239,13 @@ def _fidelity(measure: str, first_frame: bool) -> Callable[[EvalInputs], Result]
         for v, target in _targets(inputs, first_frame):
             n = min(v.num_frames, target.shape[0])
             curve = fn(v.frames[:n], target[:n])
-            values[v.name] = curve[0].item() if first_frame else _mean(curve.tolist())
+            if first_frame:
+                values[v.name] = curve[0].item()
+            elif measure == "psnr":  # back to MSE (peak 1), averaged, to dB
+                mse = torch.pow(10.0, -curve.double() / 10).mean().item()
+                values[v.name] = math.inf if mse == 0 else -10 * math.log10(mse)
+            else:
+                values[v.name] = _mean(curve.tolist())
             curves[v.name] = curve.tolist()
         if not values:
             raise ValueError("no generated video has a " + ("conditioning image of its name" if first_frame
