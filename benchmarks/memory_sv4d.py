@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from memory_wan import measure_in_processes, report, resident  # noqa: E402
+
 # (label, VAE widths, frames, height, width, encode chunk, decode chunk: an int, "all", or "max_memory")
 SETTINGS = [
     ("vae32-64-64 5f 192x192 all", (32, 64, 64), 5, 192, 192, "all", "all"),
@@ -30,11 +31,6 @@ SETTINGS = [
     ("vae32-64-64 5f 192x192 max_memory", (32, 64, 64), 5, 192, 192, "max_memory", "max_memory"),
 ]
 BUDGET = "350MiB"
-
-
-def _resident() -> tuple[int, int, int]:
-    text = Path("/proc/self/status").read_text()
-    return tuple(int(re.search(rf"{k}:\s+(\d+)", text).group(1)) * 1024 for k in ("VmHWM", "VmRSS", "RssFile"))
 
 
 def tiny_pipeline(vae_widths: tuple[int, ...]) -> object:
@@ -67,10 +63,10 @@ def _child(widths: list[int], frames: int, height: int, width: int, enc: str, de
     kwargs = {"num_frames": frames, "num_inference_steps": 1, "elevations": 0.0}
     pipe(video[..., :16, :16], **kwargs)  # first-call code and workspaces, as a warm process has them
     Path("/proc/self/clear_refs").write_text("5")
-    _, before, file_before = _resident()
+    _, before, file_before = resident()
     out = pipe(video, **kwargs, encode_chunk_size=chunk.get(enc, enc), decode_chunk_size=chunk.get(dec, dec),
                max_memory=budget if enc == "max_memory" else None)
-    high, _, file_after = _resident()
+    high, _, file_after = resident()
     peak = high - before - (file_after - file_before) + weights
     plan = SV4DMemoryPlan(out.run["encode_chunk_size"], out.run["decode_chunk_size"])
     predicted = sv4d_estimate_peak(pipe.footprint(), pipe.memory_run(frames, height, width, False), plan)["peak"]
@@ -78,23 +74,9 @@ def _child(widths: list[int], frames: int, height: int, width: int, enc: str, de
 
 
 def measure(settings: list[tuple], budget: str = BUDGET, repeats: int = 3) -> list[dict]:
-    """Run every setting in fresh processes; each result: the setting's label, ``peak`` (the median of
-    ``repeats`` processes), ``predicted``, ``plan``; or ``error``."""
-    results = []
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    for label, widths, frames, height, width, enc, dec in settings:
-        cmd = [sys.executable, __file__, "--child", json.dumps([widths, frames, height, width, enc, dec]),
-               "--budget", budget]
-        runs = []
-        for _ in range(repeats):
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-            if proc.returncode != 0:
-                runs = [{"error": proc.stderr.strip().splitlines()[-1]}]
-                break
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        runs.sort(key=lambda r: r.get("peak", 0))
-        results.append({"setting": label, **runs[len(runs) // 2]})
-    return results
+    """Every setting in fresh processes, the median peak of ``repeats`` (memory_wan's
+    :func:`measure_in_processes`)."""
+    return measure_in_processes(__file__, settings, budget, repeats)
 
 
 def main() -> None:
@@ -107,18 +89,7 @@ def main() -> None:
     if args.child:
         _child(*json.loads(args.child), args.budget)
         return
-    results = measure(SETTINGS, args.budget, args.repeats)
-    print(f"{'setting':<34} {'measured':>10} {'predicted':>10} {'ratio':>6}  plan")
-    for r in results:
-        if "error" in r:
-            print(f"{r['setting']:<34} error: {r['error']}")
-            continue
-        mib = 2**20
-        print(f"{r['setting']:<34} {r['peak'] / mib:>7.1f} MiB {r['predicted'] / mib:>6.1f} MiB "
-              f"{r['predicted'] / r['peak']:>6.2f}  {r['plan']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"budget": args.budget, "results": results}, indent=1))
-
+    report(measure(SETTINGS, args.budget, args.repeats), args.budget, args.json)
 
 if __name__ == "__main__":
     main()

@@ -35,7 +35,8 @@ SETTINGS = [
 BUDGET = "450MiB"
 
 
-def _resident() -> tuple[int, int, int]:
+def resident() -> tuple[int, int, int]:
+    """``(VmHWM, VmRSS, RssFile)`` of this process in bytes (Linux ``/proc``)."""
     text = Path("/proc/self/status").read_text()
     return tuple(int(re.search(rf"{k}:\s+(\d+)", text).group(1)) * 1024 for k in ("VmHWM", "VmRSS", "RssFile"))
 
@@ -61,7 +62,7 @@ def _child(base: int, frames: int, height: int, width: int, stage: str, chunk: s
         torch.nn.functional.conv3d(torch.zeros(1, 64, 4, 96, 8), torch.zeros(8, 64, 3, 3, 3))
         torch.nn.functional.conv2d(torch.zeros(4, 64, 96, 8), torch.zeros(8, 64, 3, 3))
     Path("/proc/self/clear_refs").write_text("5")
-    _, before, file_before = _resident()
+    _, before, file_before = resident()
     with torch.no_grad():
         if stage == "decode":
             vae.decode_latents(z, chunk_frames=decode_chunk)
@@ -71,7 +72,7 @@ def _child(base: int, frames: int, height: int, width: int, stage: str, chunk: s
                        num_frames=frames, num_inference_steps=1, output_type="pt", decode_chunk_size=decode_chunk,
                        max_memory=budget if chunk == "max_memory" else None)
             plan = out.memory_plan
-    high, _, file_after = _resident()
+    high, _, file_after = resident()
     peak = high - before - (file_after - file_before) + (weights if stage == "pipeline" else 0)
     run = RunShape(batch=1, num_frames=frames, height=height, width=width, guidance=True, bytes_per_element=4,
                    downsample=s, device_type="cpu", temporal_downsample=tf)
@@ -81,15 +82,15 @@ def _child(base: int, frames: int, height: int, width: int, stage: str, chunk: s
     print(json.dumps({"peak": peak, "predicted": predicted, "plan": plan.describe()}))
 
 
-def measure(settings: list[tuple], budget: str = BUDGET, repeats: int = 3) -> list[dict]:
-    """Run every setting in fresh processes; each result: the setting's fields, ``peak`` (the median of
-    ``repeats`` processes: one run's peak varies by tens of MiB on a loaded machine, as in memory_controls.py),
-    ``predicted``, ``plan``."""
+def measure_in_processes(script: str, settings: list[tuple], budget: str, repeats: int) -> list[dict]:
+    """Run ``script --child JSON --budget B`` for every setting ``(label, *child arguments)`` in ``repeats``
+    fresh processes; each result: the label as ``setting`` and the child's JSON (``peak``, ``predicted``,
+    ``plan``) of the median-peak process (one run's peak varies by tens of MiB on a loaded machine, as in
+    memory_controls.py), or ``error``: the last line of a failing child's stderr."""
     results = []
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    for label, base, frames, height, width, stage, chunk in settings:
-        cmd = [sys.executable, __file__, "--child", json.dumps([base, frames, height, width, stage, str(chunk)]),
-               "--budget", budget]
+    for label, *child in settings:
+        cmd = [sys.executable, script, "--child", json.dumps(child), "--budget", budget]
         runs = []
         for _ in range(repeats):
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -102,6 +103,26 @@ def measure(settings: list[tuple], budget: str = BUDGET, repeats: int = 3) -> li
     return results
 
 
+def measure(settings: list[tuple], budget: str = BUDGET, repeats: int = 3) -> list[dict]:
+    """Every setting in fresh processes (:func:`measure_in_processes`)."""
+    return measure_in_processes(__file__, settings, budget, repeats)
+
+
+def report(results: list[dict], budget: str, json_path: str | None) -> None:
+    """Print measured against predicted peaks (and write them to ``json_path`` when given)."""
+    width = max(len(r["setting"]) for r in results) + 2
+    print(f"{'setting':<{width}} {'measured':>10} {'predicted':>10} {'ratio':>6}  plan")
+    mib = 2**20
+    for r in results:
+        if "error" in r:
+            print(f"{r['setting']:<{width}} error: {r['error']}")
+            continue
+        print(f"{r['setting']:<{width}} {r['peak'] / mib:>7.1f} MiB {r['predicted'] / mib:>6.1f} MiB "
+              f"{r['predicted'] / r['peak']:>6.2f}  {r['plan']}")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"budget": budget, "results": results}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -111,18 +132,7 @@ def main() -> None:
     if args.child:
         _child(*json.loads(args.child), args.budget)
         return
-    results = measure(SETTINGS, args.budget)
-    print(f"{'setting':<32} {'measured':>10} {'predicted':>10} {'ratio':>6}  plan")
-    for r in results:
-        if "error" in r:
-            print(f"{r['setting']:<32} error: {r['error']}")
-            continue
-        mib = 2**20
-        print(f"{r['setting']:<32} {r['peak'] / mib:>7.1f} MiB {r['predicted'] / mib:>6.1f} MiB "
-              f"{r['predicted'] / r['peak']:>6.2f}  {r['plan']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"budget": args.budget, "results": results}, indent=1))
-
+    report(measure(SETTINGS, args.budget), args.budget, args.json)
 
 if __name__ == "__main__":
     main()
