@@ -41,6 +41,7 @@ from vidiff.io.keymaps import unet_from_sgm, unet_to_sgm, vae_from_sgm, vae_to_s
 from vidiff.io.weights import (
     CheckpointError,
     atomic_output,
+    format_names,
     load_safetensors,
     read_safetensors_metadata,
     save_safetensors_atomic,
@@ -189,12 +190,8 @@ def read_single_file(path: str | Path, *, num_frames: int | None = None, device:
         else:
             unknown.append(k)
     if unknown:
-        more = f", ... ({len(unknown) - 5} more)" if len(unknown) > 5 else ""
-        raise CheckpointError(
-            f"{path}: {len(unknown)} unexpected tensors for an SVD-family checkpoint: "
-            + ", ".join(sorted(unknown)[:5])
-            + more
-        )
+        raise CheckpointError(f"{path}: {len(unknown)} unexpected tensors for an SVD-family checkpoint: "
+                              f"{format_names(sorted(unknown))}")
     present = {
         f"UNet ({UNET}*)": bool(unet_sgm),
         f"VAE decoder ({FIRST_STAGE}decoder.*)": any(k.startswith("decoder.") for k in vae_sgm),

@@ -38,7 +38,7 @@ from vidiff.io.keymaps import (
     unet_sgm_to_diffusers_key,
     vae_from_sgm,
 )
-from vidiff.io.weights import CheckpointError
+from vidiff.io.weights import CheckpointError, format_names
 
 __all__ = ["SV4DTensors", "split_sv4d_single_file", "sv4d_unet_from_sgm", "sv4d_unet_to_sgm"]
 
@@ -148,8 +148,7 @@ def split_sv4d_single_file(tensors: Mapping[str, torch.Tensor]) -> SV4DTensors:
         else:
             unknown.append(k)
     if unknown:
-        more = f", ... ({len(unknown) - 5} more)" if len(unknown) > 5 else ""
-        raise CheckpointError(f"sv4d: {len(unknown)} unexpected tensors: {', '.join(sorted(unknown)[:5])}{more}")
+        raise CheckpointError(f"sv4d: {len(unknown)} unexpected tensors: {format_names(sorted(unknown))}")
     parts = {f"{UNET}*": unet, f"{DECODER}*": decoder, f"{CLIP}visual.*": clip,
              **{f"conditioner.embedders.{i}.encoder.* ({name})": encoders[i] for i, name in ENCODERS.items()}}
     missing = [what for what, part in parts.items() if not part]

@@ -27,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "atomic_output",
     "check_state_dict",
+    "format_names",
     "give_default_mode",
     "load_safetensors",
     "load_state_dict_strict",
@@ -214,7 +215,8 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
 # strict state dicts
 
 
-def _fmt_names(names: list[str]) -> str:
+def format_names(names: list[str]) -> str:
+    """The first few of ``names``, comma-separated, and how many more there are (for error messages)."""
     shown = ", ".join(names[:_SHOW])
     return shown + (f", ... ({len(names) - _SHOW} more)" if len(names) > _SHOW else "")
 
@@ -247,11 +249,11 @@ def check_state_dict(
         return
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing: {_fmt_names(missing)}")
+        parts.append(f"{len(missing)} missing: {format_names(missing)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: {_fmt_names(unexpected)}")
+        parts.append(f"{len(unexpected)} unexpected: {format_names(unexpected)}")
     if bad:
-        parts.append(f"{len(bad)} with the wrong shape: {_fmt_names(bad)}")
+        parts.append(f"{len(bad)} with the wrong shape: {format_names(bad)}")
     raise CheckpointError(f"{component}: state dict does not match the model; " + "; ".join(parts))
 
 

@@ -39,24 +39,16 @@ from vidiff.networks.layers import Downsample, TimestepMLP, Upsample, group_norm
 from vidiff.networks.resnet import AlphaBlender, SpatioTemporalResBlock
 from vidiff.networks.sv4d_config import SV4D_PRESETS, SV4DConfig
 from vidiff.networks.transformer import BasicTransformerBlock, SequenceTransformerBlock
-from vidiff.networks.unet_st import _frame_levels
+from vidiff.networks.unet_st import VideoCond, _frame_levels
 from vidiff.utils import timestep_embedding
 
 __all__ = ["SV4D_PRESETS", "SV4DCondLike", "SV4DConfig", "SV4DTransformer", "SV4DUNet", "motion_sequences",
            "motion_tokens", "view_sequences"]
 
 
-class SV4DCondLike(Protocol):
-    """What :class:`SV4DUNet` reads from its conditioning (see the module docstring for shapes)."""
-
-    @property
-    def crossattn(self) -> torch.Tensor: ...
-
-    @property
-    def vector(self) -> torch.Tensor: ...
-
-    @property
-    def concat(self) -> torch.Tensor | None: ...
+class SV4DCondLike(VideoCond, Protocol):
+    """What :class:`SV4DUNet` reads from its conditioning: the UNet's three fields plus the reference views
+    (see the module docstring for shapes)."""
 
     @property
     def cond_view(self) -> torch.Tensor: ...
