@@ -30,7 +30,7 @@ SETTINGS = [
     ("vae32-64 7f 160x128 chunks 2", (32, 64), 7, 128, 160, 2, 2),
     ("vae32-64-64 5f 192x192 max_memory", (32, 64, 64), 5, 192, 192, "max_memory", "max_memory"),
 ]
-BUDGET = "350MiB"
+BUDGET = "256MiB"
 
 
 def tiny_pipeline(vae_widths: tuple[int, ...]) -> object:

@@ -1,6 +1,6 @@
 """The memory planner for SV4D / SV4D 2.0 (:mod:`vidiff.pipelines.memory_sv4d`): its predictions bound the
 peaks measured on the CPU in fresh processes (``benchmarks/memory_sv4d.py``: a tiny SV4D network, SD VAEs of
-two depths, whole runs) and stay within 2.5x of them; ``max_memory`` picks the VAE's encode and decode chunks,
+two depths, whole runs) and stay within 3x of them; ``max_memory`` picks the VAE's encode and decode chunks,
 its plan stays within the budget when measured, and a budget below the most frugal plan is an error naming the
 need (the CLI's: ``tests/cli/test_generate_sv4d.py``). The chunks change no pixel beyond float32 rounding."""
 
@@ -32,7 +32,9 @@ def test_predictions_bound_the_measured_peaks() -> None:
     for name, r in results.items():
         assert "error" not in r, r
         assert r["predicted"] >= r["peak"], (name, r)
-        assert r["predicted"] <= 2.5 * r["peak"], (name, r)
+        # the CPU allocator's retention moves a measurement by up to ~30% from run to run and machine to machine
+        # (the same chunk-1 run: 90 and 107 MiB here; the whole run: 313 MiB on CI, 427-444 MiB here)
+        assert r["predicted"] <= 3 * r["peak"], (name, r)
     budget = parse_memory(memory_sv4d.BUDGET)
     chosen, whole = results["vae32-64-64 5f 192x192 max_memory"], results["vae32-64-64 5f 192x192 all"]
     assert whole["peak"] > budget  # without chunks this run does not fit: the budget binds
