@@ -146,3 +146,36 @@ def test_chunked_attention_and_feed_forward_are_exact(randomize, cond_cls, frame
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="attention chunk"):
         model.set_attention_chunk(0)
+
+
+@pytest.mark.parametrize("rows", [2, 3, 7, 31])
+def test_few_row_products_round_each_row_as_alone(rows: int) -> None:
+    # MKL computes a one-row product (gemv) and few-row products with other kernels than a large one; a row's
+    # bits must not depend on how many rows share the call (the condition for bit-exact CFG parallelism)
+    from vidiff.networks.layers import Linear
+
+    gen = torch.Generator().manual_seed(rows)
+    layer = Linear(320, 1280)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(1280, 320, generator=gen))
+        x = torch.randn(rows, 1, 320, generator=gen)
+        together = layer(x)
+        assert all(torch.equal(together[i], layer(x[i:i + 1])[0]) for i in range(rows))
+        torch.testing.assert_close(together, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5,
+                                   atol=1e-4)  # values ~20: float32 rounding
+
+
+def test_a_video_gets_the_same_bits_alone_or_in_a_batch(randomize, cond_cls) -> None:
+    # the guidance pair [uncond, cond] as one batch of 2 or as two calls of 1 (as CFG-parallel ranks make them),
+    # one thread per process as torchrun runs ranks (oneDNN splits a threaded 3D convolution by batch)
+    model = _model(randomize).eval()
+    x, c_noise, crossattn, vector, concat = _inputs(b=2, t=5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        both = model(x, c_noise, cond_cls(crossattn=crossattn, vector=vector, concat=concat))
+        for i in range(2):
+            one = model(x[i:i + 1], c_noise[i:i + 1], cond_cls(crossattn=crossattn[i:i + 1], vector=vector[i:i + 1],
+                                                               concat=concat[i:i + 1]))
+            assert torch.equal(both[i:i + 1], one), f"video {i}: max |Δ| = {(both[i:i + 1] - one).abs().max():.3g}"
+    torch.set_num_threads(threads)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidiff.networks.layers import Linear, row_invariant_linear
+
 
 def attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention ``softmax(q kᵀ / √d) v`` on ``(batch, heads, seq, head_dim)`` tensors.
@@ -43,11 +45,11 @@ class Attention(nn.Module):
         context_dim = context_dim or query_dim
         self.heads = heads
         self.head_dim = head_dim
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_q = Linear(query_dim, inner, bias=False)
+        self.to_k = Linear(context_dim, inner, bias=False)
+        self.to_v = Linear(context_dim, inner, bias=False)
         # A list of one so the keys read ``to_out.0`` (diffusers' index 1 is a parameter-free dropout).
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])
+        self.to_out = nn.ModuleList([Linear(inner, query_dim)])
         # Exact; switchable only so tests can compare it with the full computation.
         self.single_key_shortcut = True
         # Memory control: at most this many query tokens per kernel call (None: all at once).
@@ -98,11 +100,11 @@ class Attention(nn.Module):
         m, s, _ = context.shape
         group, h, d = n // m, self.heads, self.head_dim
         if self.fused_qkv is not None and self_attention:  # M = N, S = L
-            q, k, v = F.linear(x, self.fused_qkv).reshape(n, length, 3, h, d).permute(2, 0, 3, 1, 4)
+            q, k, v = row_invariant_linear(x, self.fused_qkv).reshape(n, length, 3, h, d).permute(2, 0, 3, 1, 4)
         else:
             q = self.to_q(x).reshape(m, group * length, h, d).transpose(1, 2)  # (M, h, G·L, d)
             if self.fused_kv is not None:
-                k, v = F.linear(context, self.fused_kv).reshape(m, s, 2, h, d).permute(2, 0, 3, 1, 4)
+                k, v = row_invariant_linear(context, self.fused_kv).reshape(m, s, 2, h, d).permute(2, 0, 3, 1, 4)
             else:
                 k = self.to_k(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)
                 v = self.to_v(context).reshape(m, s, h, d).transpose(1, 2)  # (M, h, S, d)

@@ -24,7 +24,7 @@ from torch import nn
 
 from vidiff.networks.attention import attention_kernel
 from vidiff.networks.dit_wan_config import WAN_PRESETS, WanConfig
-from vidiff.networks.layers import TimestepMLP, maybe_checkpoint
+from vidiff.networks.layers import Linear, TimestepMLP, maybe_checkpoint
 from vidiff.utils import timestep_embedding
 
 __all__ = ["WAN_PRESETS", "WanConfig", "WanTransformer3D", "rope_angles"]
@@ -82,8 +82,8 @@ class TextProjection(nn.Module):
 
     def __init__(self, in_dim: int, dim: int) -> None:
         super().__init__()
-        self.linear_1 = nn.Linear(in_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = Linear(in_dim, dim)
+        self.linear_2 = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
@@ -114,7 +114,7 @@ class ConditionEmbedder(nn.Module):
         dim = cfg.inner_dim
         self.freq_dim = cfg.freq_dim
         self.time_embedder = TimestepMLP(cfg.freq_dim, dim)
-        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.time_proj = Linear(dim, 6 * dim)
         self.text_embedder = TextProjection(cfg.text_dim, dim)
         self.image_embedder = (ImageProjection(cfg.image_dim, dim, cfg.pos_embed_seq_len)
                                if cfg.image_dim is not None else None)

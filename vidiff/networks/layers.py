@@ -33,6 +33,36 @@ def maybe_checkpoint(enabled: bool, fn: Callable[..., torch.Tensor], *args: Any)
     return fn(*args)
 
 
+# Below this many rows, CPU BLAS (MKL) computes a row with another kernel than in a large product (a one-row
+# product is a matrix-vector kernel, a few rows a small-matrix one), so the row's rounding depends on how many
+# rows share the call. Measured classes (MKL 2024.2): 1 row, 2 to 5-15 rows, and every count from 6-16 rows up.
+ROW_INVARIANT_ROWS = 32
+
+
+def row_invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` whose every row is rounded the same whatever other rows share the call (batch invariance).
+
+    Few-row products (time embeddings, the projections of one CLIP token per video) are computed one row at a
+    time on the CPU, so a video's result does not depend on its batch: one process evaluating the guidance
+    halves as one batch of two and CFG-parallel ranks evaluating one each give the same bits. Large products,
+    CUDA, tracing and compilation take the plain path.
+    """
+    rows = x.numel() // max(1, x.shape[-1])
+    if (rows <= 1 or rows >= ROW_INVARIANT_ROWS or x.device.type != "cpu" or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()):
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])
+    out = torch.cat([F.linear(flat[i:i + 1], weight, bias) for i in range(rows)])
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and keys) computed by :func:`row_invariant_linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return row_invariant_linear(x, self.weight, self.bias)
+
+
 class Downsample(nn.Module):
     """Strided 3×3 convolution halving H and W (rounding up: ``ceil(H/2)``, as the SD/SVD UNets)."""
 
@@ -68,7 +98,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, 2 * dim_out)
+        self.proj = Linear(dim_in, 2 * dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
@@ -85,7 +115,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
         inner = dim * mult
-        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim_out or dim))
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), Linear(inner, dim_out or dim))
         # Memory control: at most this many tokens per call (None: all at once); the MLP is per token.
         self.max_tokens: int | None = None
 
@@ -101,9 +131,9 @@ class TimestepMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None) -> None:
         super().__init__()
-        self.linear_1 = nn.Linear(in_dim, hidden_dim)
+        self.linear_1 = Linear(in_dim, hidden_dim)
         self.act = nn.SiLU()
-        self.linear_2 = nn.Linear(hidden_dim, out_dim or hidden_dim)
+        self.linear_2 = Linear(hidden_dim, out_dim or hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))

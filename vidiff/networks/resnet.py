@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidiff.networks.layers import group_norm
+from vidiff.networks.layers import Linear, group_norm
 
 MERGE_STRATEGIES = ("fixed", "learned", "learned_with_images")
 
@@ -38,7 +38,7 @@ class ResnetBlock2D(nn.Module):
         super().__init__()
         self.norm1 = group_norm(in_channels, groups, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
+        self.time_emb_proj = Linear(temb_channels, out_channels) if temb_channels else None
         self.norm2 = group_norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
@@ -80,7 +80,7 @@ class TemporalResnetBlock(nn.Module):
         padding = tuple(k // 2 for k in kernel_size)
         self.norm1 = group_norm(in_channels, groups, eps)
         self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=kernel_size, padding=padding)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
+        self.time_emb_proj = Linear(temb_channels, out_channels) if temb_channels else None
         self.norm2 = group_norm(out_channels, groups, eps)
         self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=kernel_size, padding=padding)
         self.conv_shortcut = (
