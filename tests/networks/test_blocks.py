@@ -81,3 +81,28 @@ def test_spatio_temporal_transformer(tokens: int, randomize) -> None:
         expected = ref(x, context.repeat_interleave(T, dim=0), image_only_indicator=ind).sample
         got = ours(x, context, T, ind)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("frames", "cut"), [(7, 3), (25, 13), (5, 1)])
+def test_frame_group_norm_is_group_norm_and_splits_to_the_bit(frames: int, cut: int) -> None:
+    # the temporal resnets' GroupNorm merges per-frame moments (Chan et al.): torch's GroupNorm up to float32
+    # rounding, and a clip cut in two (the moments of both parts joined, as frame-parallel ranks gather them)
+    # normalises each part with the whole clip's bits
+    from vidiff.utils.norms import FrameGroupNorm, frame_moments, normalize_with_moments
+
+    gen = torch.Generator().manual_seed(frames)
+    norm = FrameGroupNorm(8, 32, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.2 * torch.randn(32, generator=gen))
+        norm.bias.copy_(0.1 * torch.randn(32, generator=gen))
+        x = 3 * torch.randn(2, 32, frames, 6, 5, generator=gen) + 2  # an offset mean tests the merge
+        whole = norm(x)
+        reference = torch.nn.functional.group_norm(x, 8, norm.weight, norm.bias, 1e-5)
+        torch.testing.assert_close(whole, reference, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(norm(x.double()), torch.nn.functional.group_norm(
+            x.double(), 8, norm.weight.double(), norm.bias.double(), 1e-5), rtol=1e-12, atol=1e-12)
+        parts = x[:, :, :cut].contiguous(), x[:, :, cut:].contiguous()
+        moments = torch.cat([frame_moments(p, 8) for p in parts], dim=3)
+        split = torch.cat([normalize_with_moments(p, moments, norm) for p in parts], dim=2)
+        assert torch.equal(split, whole)
+        assert torch.equal(norm(x[..., :4, :]), norm(x[..., :4, :].contiguous()))  # views as their copies

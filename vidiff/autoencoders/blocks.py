@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidiff.utils.norms import FrameGroupNorm
+
 GROUPS = 32  # GroupNorm groups everywhere in SD/SVD autoencoders
 
 
@@ -35,9 +37,9 @@ class TemporalResnetBlock(nn.Module):
 
     def __init__(self, ch: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(GROUPS, ch, eps=eps)
+        self.norm1 = FrameGroupNorm(GROUPS, ch, eps=eps)  # exact under a frame split (vidiff.parallel.decode)
         self.conv1 = nn.Conv3d(ch, ch, (3, 1, 1), padding=(1, 0, 0))
-        self.norm2 = nn.GroupNorm(GROUPS, ch, eps=eps)
+        self.norm2 = FrameGroupNorm(GROUPS, ch, eps=eps)
         self.conv2 = nn.Conv3d(ch, ch, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def group_norm(channels: int, groups: int, eps: float) -> nn.GroupNorm:
-    """Affine GroupNorm (Wu & He 2018) with a message naming the mismatch instead of torch's bare assert."""
+def group_norm(channels: int, groups: int, eps: float, cls: type[nn.GroupNorm] = nn.GroupNorm) -> nn.GroupNorm:
+    """Affine GroupNorm (Wu & He 2018) with a message naming the mismatch instead of torch's bare assert
+    (``cls``: ``FrameGroupNorm`` for the norms over frames)."""
     if channels % groups:
         raise ValueError(f"GroupNorm: channels ({channels}) must be divisible by norm_num_groups ({groups})")
-    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=eps, affine=True)
+    return cls(num_groups=groups, num_channels=channels, eps=eps, affine=True)
 
 
 def maybe_checkpoint(enabled: bool, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:

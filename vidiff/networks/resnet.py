@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidiff.networks.layers import Linear, group_norm
+from vidiff.utils.norms import FrameGroupNorm
 
 MERGE_STRATEGIES = ("fixed", "learned", "learned_with_images")
 
@@ -78,10 +79,10 @@ class TemporalResnetBlock(nn.Module):
     ) -> None:
         super().__init__()
         padding = tuple(k // 2 for k in kernel_size)
-        self.norm1 = group_norm(in_channels, groups, eps)
+        self.norm1 = group_norm(in_channels, groups, eps, FrameGroupNorm)  # exact under a frame split
         self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=kernel_size, padding=padding)
         self.time_emb_proj = Linear(temb_channels, out_channels) if temb_channels else None
-        self.norm2 = group_norm(out_channels, groups, eps)
+        self.norm2 = group_norm(out_channels, groups, eps, FrameGroupNorm)
         self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=kernel_size, padding=padding)
         self.conv_shortcut = (
             nn.Conv3d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None

@@ -17,8 +17,8 @@ Communication volume. With ``N`` ranks, a call of ``T`` frames split ``s_0 ≥ s
 call (the temporal VAE decodes one video per call), ``e`` bytes per element of the VAE's dtype, latents of
 ``h × w`` decoded to ``H × W = h·f × w·f`` with ``C_out`` channels, rank ``r`` with ``n_r`` neighbours sends
 
-* per temporal resnet with ``C`` channels at ``P`` pixels: two halos ``2·n_r·b·C·P·e`` and two GroupNorm
-  statistic gathers ``2·(N−1)·3·b·32·8`` (sum, sum of squares, count per group, float64);
+* per temporal resnet with ``C`` channels at ``P`` pixels: two halos ``2·n_r·b·C·P·e`` and two gathers of
+  the GroupNorm's per-frame moments ``2·(N−1)·2·b·32·s_0·4`` (float32; 8 bytes for float64);
 * ``time_conv_out``'s halo ``n_r·b·C_out·H·W·e``;
 * the output gather ``(N−1)·b·s_0·C_out·H·W·e`` (shards padded to the largest) — the whole traffic of a
   per-frame autoencoder, once per decode with ``T`` the video's frames.
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from vidiff.autoencoders import AutoencoderKL, AutoencoderKLTemporal, PatchAutoencoder, VAEConfig
 from vidiff.autoencoders.blocks import GROUPS, TemporalResnetBlock
 from vidiff.parallel.comm import Comm, ParallelLayout, split_sizes
-from vidiff.parallel.frames import FrameShard, FrameSplit
+from vidiff.parallel.frames import FrameShard, FrameSplit, norm_moments_bytes
 
 __all__ = ["FrameParallelDecode", "can_split_decode", "decoder_call_bytes", "decoder_resnets", "gather_bytes",
            "parallelize_decode"]
@@ -148,7 +148,8 @@ def decoder_call_bytes(cfg: VAEConfig, *, batch: int, frames: int, h: int, w: in
     b, n, e = batch, ranks, elem
     neighbours = (rank > 0) + (rank < n - 1)
     resnets = decoder_resnets(cfg, h, w)
-    total = sum(2 * neighbours * b * c * p * e + 2 * (n - 1) * 3 * b * GROUPS * 8 for c, p in resnets)
+    moments = norm_moments_bytes(batch=b, frames=frames, ranks=n, groups=GROUPS, elem=e)
+    total = sum(2 * neighbours * b * c * p * e + 2 * moments for c, p in resnets)
     pixels = h * w * cfg.downsample_factor ** 2
     total += neighbours * b * cfg.out_channels * pixels * e  # time_conv_out
     return total + gather_bytes(batch=b, frames=frames, channels=cfg.out_channels, pixels=pixels, ranks=n, elem=e)

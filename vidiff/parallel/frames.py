@@ -9,8 +9,9 @@ makes it exact:
   (every rank then holds all frames of ``HW/N`` pixels and attends over all of them), one all-to-all out;
 * the temporal (3, 1, 1) convolutions: the neighbours' one-frame halos are put around the local frames
   (zeros at the ends of the clip, which is the convolution's own zero padding), the halo outputs dropped;
-* GroupNorm over ``(C/G, T, H, W)`` in the temporal resnets: the per-group sums of every rank are gathered
-  (float64) so every rank normalises with the statistics of the whole clip;
+* GroupNorm over ``(C/G, T, H, W)`` in the temporal resnets: every rank gathers the per-frame moments of all
+  frames and merges them as one process does (``vidiff.utils.norms``), so it normalises with the statistics
+  of the whole clip, to the bit;
 * the learned frame positions: the sinusoid of the global frame index (``time_pos_embed``).
 
 Per-frame inputs — ``c_noise (B, T)``, ``cond.vector (B, T, D)``, ``cond.concat (B, T, C, H, W)``,
@@ -31,8 +32,15 @@ from vidiff.networks.resnet import TemporalResnetBlock
 from vidiff.networks.transformer import SpatioTemporalTransformer, TemporalTransformerBlock
 from vidiff.parallel.comm import Comm, split_sizes
 from vidiff.utils import timestep_embedding
+from vidiff.utils.norms import frame_moments, normalize_with_moments
 
-__all__ = ["FrameParallelUNet", "FrameShard", "FrameSplit"]
+__all__ = ["FrameParallelUNet", "FrameShard", "FrameSplit", "norm_moments_bytes"]
+
+
+def norm_moments_bytes(*, batch: int, frames: int, ranks: int, groups: int, elem: int = 4) -> int:
+    """Bytes one rank sends gathering one GroupNorm's per-frame moments ``(2, B, G, T_local)`` (float32; float64
+    for a float64 network), padded to the largest shard as the all-gather needs."""
+    return (ranks - 1) * 2 * batch * groups * split_sizes(frames, ranks)[0] * (8 if elem == 8 else 4)
 
 
 @dataclass
@@ -70,18 +78,12 @@ class _GroupNormOverFrames(nn.Module):
         self.owner = owner
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.owner.shard is None:
-            return self.inner[0](x)
-        b, c = x.shape[:2]
-        g = x.reshape(b, self.num_groups, -1).double()  # (B, G, C/G·T_l·H·W)
-        local = torch.stack([g.sum(-1), (g * g).sum(-1), torch.full_like(g[..., 0], g.shape[-1])])
-        total = torch.stack(self.owner.comm.all_gather(local)).sum(0)  # (3, B, G), summed in rank order
-        mean = total[0] / total[2]
-        var = (total[1] / total[2] - mean * mean).clamp_min(0)
-        y = (g - mean[..., None]) * torch.rsqrt(var[..., None] + self.eps)
-        y = y.to(x.dtype).reshape(x.shape)
-        shape = (1, c) + (1,) * (x.ndim - 2)
-        return y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        norm, shard = self.inner[0], self.owner.shard
+        if shard is None:
+            return norm(x)
+        local = frame_moments(x, self.num_groups)  # (2, B, G, T_local): depends on these frames alone
+        moments = self.owner.comm.all_gather_dim(local, shard.sizes, dim=3)  # (2, B, G, T), in frame order
+        return normalize_with_moments(x, moments, norm)
 
 
 class FrameSplit:
