@@ -88,7 +88,7 @@ def test_frame_group_norm_is_group_norm_and_splits_to_the_bit(frames: int, cut: 
     # the temporal resnets' GroupNorm merges per-frame moments (Chan et al.): torch's GroupNorm up to float32
     # rounding, and a clip cut in two (the moments of both parts joined, as frame-parallel ranks gather them)
     # normalises each part with the whole clip's bits
-    from vidiff.utils.norms import FrameGroupNorm, frame_moments, normalize_with_moments
+    from vidiff.utils.norms import FrameGroupNorm, centered_frames, normalize_centered
 
     gen = torch.Generator().manual_seed(frames)
     norm = FrameGroupNorm(8, 32, eps=1e-5)
@@ -101,8 +101,14 @@ def test_frame_group_norm_is_group_norm_and_splits_to_the_bit(frames: int, cut: 
         torch.testing.assert_close(whole, reference, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(norm(x.double()), torch.nn.functional.group_norm(
             x.double(), 8, norm.weight.double(), norm.bias.double(), 1e-5), rtol=1e-12, atol=1e-12)
-        parts = x[:, :, :cut].contiguous(), x[:, :, cut:].contiguous()
-        moments = torch.cat([frame_moments(p, 8) for p in parts], dim=3)
-        split = torch.cat([normalize_with_moments(p, moments, norm) for p in parts], dim=2)
-        assert torch.equal(split, whole)
+        parts = [centered_frames(p) for p in (x[:, :, :cut].contiguous(), x[:, :, cut:].contiguous())]
+        moments = torch.cat([local for _, local in parts], dim=3)
+        split = torch.cat([normalize_centered(d, local[0], moments, norm) for d, local in parts], dim=2)
+        assert torch.equal(split.reshape(whole.shape), whole)
         assert torch.equal(norm(x[..., :4, :]), norm(x[..., :4, :].contiguous()))  # views as their copies
+    xg = x.clone().requires_grad_(True)  # training differentiates through the merge as through torch's kernel
+    ours = torch.autograd.grad((norm(xg) ** 3).sum(), [xg, norm.weight, norm.bias])
+    theirs = torch.autograd.grad((torch.nn.functional.group_norm(xg, 8, norm.weight, norm.bias, 1e-5) ** 3).sum(),
+                                 [xg, norm.weight, norm.bias])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

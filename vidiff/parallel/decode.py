@@ -18,7 +18,7 @@ call (the temporal VAE decodes one video per call), ``e`` bytes per element of t
 ``h × w`` decoded to ``H × W = h·f × w·f`` with ``C_out`` channels, rank ``r`` with ``n_r`` neighbours sends
 
 * per temporal resnet with ``C`` channels at ``P`` pixels: two halos ``2·n_r·b·C·P·e`` and two gathers of
-  the GroupNorm's per-frame moments ``2·(N−1)·2·b·32·s_0·4`` (float32; 8 bytes for float64);
+  the GroupNorm's moments ``2·(N−1)·2·b·C·s_0·4`` (per channel and frame, float32; 8 bytes for float64);
 * ``time_conv_out``'s halo ``n_r·b·C_out·H·W·e``;
 * the output gather ``(N−1)·b·s_0·C_out·H·W·e`` (shards padded to the largest) — the whole traffic of a
   per-frame autoencoder, once per decode with ``T`` the video's frames.
@@ -34,7 +34,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from vidiff.autoencoders import AutoencoderKL, AutoencoderKLTemporal, PatchAutoencoder, VAEConfig
-from vidiff.autoencoders.blocks import GROUPS, TemporalResnetBlock
+from vidiff.autoencoders.blocks import TemporalResnetBlock
 from vidiff.parallel.comm import Comm, ParallelLayout, split_sizes
 from vidiff.parallel.frames import FrameShard, FrameSplit, norm_moments_bytes
 
@@ -148,8 +148,8 @@ def decoder_call_bytes(cfg: VAEConfig, *, batch: int, frames: int, h: int, w: in
     b, n, e = batch, ranks, elem
     neighbours = (rank > 0) + (rank < n - 1)
     resnets = decoder_resnets(cfg, h, w)
-    moments = norm_moments_bytes(batch=b, frames=frames, ranks=n, groups=GROUPS, elem=e)
-    total = sum(2 * neighbours * b * c * p * e + 2 * moments for c, p in resnets)
+    total = sum(2 * neighbours * b * c * p * e + 2 * norm_moments_bytes(batch=b, frames=frames, ranks=n, channels=c,
+                                                                          elem=e) for c, p in resnets)
     pixels = h * w * cfg.downsample_factor ** 2
     total += neighbours * b * cfg.out_channels * pixels * e  # time_conv_out
     return total + gather_bytes(batch=b, frames=frames, channels=cfg.out_channels, pixels=pixels, ranks=n, elem=e)

@@ -9,9 +9,9 @@ makes it exact:
   (every rank then holds all frames of ``HW/N`` pixels and attends over all of them), one all-to-all out;
 * the temporal (3, 1, 1) convolutions: the neighbours' one-frame halos are put around the local frames
   (zeros at the ends of the clip, which is the convolution's own zero padding), the halo outputs dropped;
-* GroupNorm over ``(C/G, T, H, W)`` in the temporal resnets: every rank gathers the per-frame moments of all
-  frames and merges them as one process does (``vidiff.utils.norms``), so it normalises with the statistics
-  of the whole clip, to the bit;
+* GroupNorm over ``(C/G, T, H, W)`` in the temporal resnets: every rank gathers the moments of each channel
+  of each frame and merges them as one process does (``vidiff.utils.norms``), so it normalises with the
+  statistics of the whole clip, to the bit;
 * the learned frame positions: the sinusoid of the global frame index (``time_pos_embed``).
 
 Per-frame inputs — ``c_noise (B, T)``, ``cond.vector (B, T, D)``, ``cond.concat (B, T, C, H, W)``,
@@ -32,15 +32,15 @@ from vidiff.networks.resnet import TemporalResnetBlock
 from vidiff.networks.transformer import SpatioTemporalTransformer, TemporalTransformerBlock
 from vidiff.parallel.comm import Comm, split_sizes
 from vidiff.utils import timestep_embedding
-from vidiff.utils.norms import frame_moments, normalize_with_moments
+from vidiff.utils.norms import centered_frames, normalize_centered
 
 __all__ = ["FrameParallelUNet", "FrameShard", "FrameSplit", "norm_moments_bytes"]
 
 
-def norm_moments_bytes(*, batch: int, frames: int, ranks: int, groups: int, elem: int = 4) -> int:
-    """Bytes one rank sends gathering one GroupNorm's per-frame moments ``(2, B, G, T_local)`` (float32; float64
+def norm_moments_bytes(*, batch: int, frames: int, ranks: int, channels: int, elem: int = 4) -> int:
+    """Bytes one rank sends gathering one GroupNorm's per-frame moments ``(2, B, C, T_local)`` (float32; float64
     for a float64 network), padded to the largest shard as the all-gather needs."""
-    return (ranks - 1) * 2 * batch * groups * split_sizes(frames, ranks)[0] * (8 if elem == 8 else 4)
+    return (ranks - 1) * 2 * batch * channels * split_sizes(frames, ranks)[0] * (8 if elem == 8 else 4)
 
 
 @dataclass
@@ -81,9 +81,9 @@ class _GroupNormOverFrames(nn.Module):
         norm, shard = self.inner[0], self.owner.shard
         if shard is None:
             return norm(x)
-        local = frame_moments(x, self.num_groups)  # (2, B, G, T_local): depends on these frames alone
-        moments = self.owner.comm.all_gather_dim(local, shard.sizes, dim=3)  # (2, B, G, T), in frame order
-        return normalize_with_moments(x, moments, norm)
+        d, local = centered_frames(x)  # local (2, B, C, T_local): depends on these frames alone
+        moments = self.owner.comm.all_gather_dim(local, shard.sizes, dim=3)  # (2, B, C, T), in frame order
+        return normalize_centered(d, local[0], moments, norm).reshape(x.shape)
 
 
 class FrameSplit:

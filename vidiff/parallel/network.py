@@ -20,8 +20,8 @@ branch (half the guided batch under CFG parallelism), ``e`` bytes per element of
 latent of ``h × w`` with ``C_out`` channels, rank ``r`` (with ``n_r`` neighbours: 1 at the ends, else 2) sends
 
 * per temporal resnet with ``C`` channels at ``H × W``: two halos ``2·n_r·b·C·H·W·e`` and two gathers of
-  the GroupNorm's per-frame moments ``2·(F−1)·2·b·G·s_0·4`` (mean and variance per group and frame, float32,
-  padded to the largest shard; 8 bytes for a float64 network);
+  the GroupNorm's moments ``2·(F−1)·2·b·C·s_0·4`` (mean and variance per channel and frame, float32, padded
+  to the largest shard; 8 bytes for a float64 network);
 * per temporal attention with ``C`` channels over ``P = H·W`` pixels split ``p_0, p_1, …``: the all-to-all in
   ``b·C·e·s_r·(P − p_r)`` and out ``b·C·e·(T − s_r)·p_r``;
 * the output gather ``(F−1)·b·s_0·C_out·h·w·e`` (shards padded to the largest);
@@ -173,8 +173,8 @@ def unet_call_bytes(cfg: UNetConfig, *, batch: int, frames: int, h: int, w: int,
     neighbours = (rank > 0) + (rank < n - 1)
     resnets, attentions = temporal_layers(cfg, h, w)
     for c, p in resnets:
-        total += 2 * neighbours * b * c * p * e + 2 * norm_moments_bytes(batch=b, frames=frames, ranks=n,
-                                                                          groups=cfg.norm_num_groups, elem=e)
+        total += 2 * neighbours * b * c * p * e + 2 * norm_moments_bytes(batch=b, frames=frames, ranks=n, channels=c,
+                                                                          elem=e)
     for c, p in attentions:
         share = split_sizes(p, n)[rank]
         total += b * c * e * (s[rank] * (p - share) + (frames - s[rank]) * share)

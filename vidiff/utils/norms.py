@@ -3,11 +3,11 @@
 GroupNorm (Wu & He 2018) normalises a video ``(B, C, T, H, W)`` with the mean and variance of each group over
 ``(C/G, T, H, W)``. Torch's kernel reduces all those values in one pass, in an order that depends on ``T``;
 a clip whose frames are split over processes (``vidiff.parallel.frames``) cannot repeat it, and the float32
-rounding then differs from one process by an ulp here and there, which a network amplifies. Here each
-frame's moments ``(μ_t, σ²_t)`` over ``(C/G, H, W)`` depend on that frame alone, and the clip's are merged
-from them in float64 (Chan, Golub & LeVeque 1979, equal counts):
+rounding then differs from one process by an ulp here and there, which a network amplifies. Here the
+moments ``(μ_ct, σ²_ct)`` of each channel of each frame over ``(H, W)`` depend on that frame alone, and each
+group's are merged from them in float64 (Chan, Golub & LeVeque 1979, equal counts):
 
-    μ = mean_t μ_t,    σ² = mean_t [σ²_t + (μ_t − μ)²],    y = γ·(x − μ)/√(σ² + ε) + β,
+    μ = mean_ct μ_ct,    σ² = mean_ct [σ²_ct + (μ_ct − μ)²],    y = γ·(x − μ)/√(σ² + ε) + β,
 
 so one process and any split of the frames (gathering the per-frame moments) normalise with the same bits.
 """
@@ -18,28 +18,37 @@ import torch
 from torch import nn
 
 
-def frame_moments(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``(2, B, G, T)``: the mean and (biased) variance of each group of each frame of ``x (B, C, T, H, W)``,
-    float32 (float64 for float64 input; half precisions are reduced in float32)."""
+def centered_frames(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (B, C, T, H, W)`` -> ``(d, moments)``: ``d (B, C, T, H·W)``, each channel of each frame minus its mean,
+    and ``moments (2, B, C, T)``, that mean and the (biased) variance over ``H·W`` (two passes: no cancellation),
+    float32 (float64 for float64 input). Every row depends on its own frame and channel alone."""
     b, c, t = x.shape[:3]
-    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    var, mean = torch.var_mean(x.reshape(b, groups, c // groups, t, -1), dim=(2, 4), correction=0)
-    return torch.stack([mean, var])
+    rows = x.reshape(b, c, t, -1)
+    mean = rows.mean(-1, keepdim=True)
+    d = rows - mean
+    var = torch.linalg.vector_norm(d, dim=-1) ** 2 / rows.shape[-1]
+    return d, torch.stack([mean[..., 0], var])
 
 
-def normalize_with_moments(x: torch.Tensor, moments: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """``norm`` (its groups, ε, γ, β) applied to ``x (B, C, T_local, H, W)`` with the clip's statistics merged
-    from ``moments (2, B, G, T)`` of every frame of the clip (the module docstring's formula)."""
-    m = moments.double()
-    mean = m[0].mean(-1)  # (B, G)
-    var = (m[1] + (m[0] - mean[..., None]) ** 2).mean(-1)
-    b, c = x.shape[:2]
-    scale = torch.rsqrt(var + norm.eps).repeat_interleave(c // norm.num_groups, dim=1)  # (B, C)
-    shift = -mean.repeat_interleave(c // norm.num_groups, dim=1) * scale
+def normalize_centered(d: torch.Tensor, mean: torch.Tensor, moments: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """``norm`` (its groups, ε, γ, β) applied in place to ``d (B, C, T_local, H·W)`` from :func:`centered_frames`
+    (its row means ``mean (B, C, T_local)``), with the group statistics merged from ``moments (2, B, C, T)`` of
+    every frame of the clip (the module docstring's formula, over channels and frames of equal counts)."""
+    b, c = d.shape[:2]
+    g = norm.num_groups
+    m = moments.double().reshape(2, b, g, -1)  # (2, B, G, C/G·T)
+    group_mean = m[0].mean(-1)  # (B, G)
+    var = (m[1] + (m[0] - group_mean[..., None]) ** 2).mean(-1)
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(c // g, dim=1)  # (B, C)
     if norm.affine:
-        scale, shift = scale * norm.weight.double(), shift * norm.weight.double() + norm.bias.double()
-    shape = (b, c) + (1,) * (x.ndim - 2)
-    return torch.addcmul(shift.to(x.dtype).reshape(shape), x, scale.to(x.dtype).reshape(shape))
+        scale = scale * norm.weight.double()
+    shift = (mean.double() - group_mean.repeat_interleave(c // g, dim=1)[..., None]) * scale[..., None]  # (B, C, T)
+    if norm.affine:
+        shift = shift + norm.bias.double()[:, None]
+    shift, scale = shift.to(d.dtype)[..., None], scale.to(d.dtype)[..., None, None]
+    if torch.is_grad_enabled() and (d.requires_grad or scale.requires_grad):
+        return torch.addcmul(shift, d, scale)  # training: autograd needs d
+    return torch.addcmul(shift, d, scale, out=d)  # inference: in place, no memory beyond d
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -51,4 +60,5 @@ class FrameGroupNorm(nn.GroupNorm):
         if (x.ndim != 5 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
                 or torch.jit.is_tracing() or torch.compiler.is_compiling()):
             return super().forward(x)
-        return normalize_with_moments(x, frame_moments(x, self.num_groups), self)
+        d, moments = centered_frames(x)
+        return normalize_centered(d, moments[0], moments, self).reshape(x.shape)
