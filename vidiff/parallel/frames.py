@@ -83,7 +83,7 @@ class _GroupNormOverFrames(nn.Module):
             return norm(x)
         d, local = centered_frames(x)  # local (2, B, C, T_local): depends on these frames alone
         moments = self.owner.comm.all_gather_dim(local, shard.sizes, dim=3)  # (2, B, C, T), in frame order
-        return normalize_centered(d, local[0], moments, norm).reshape(x.shape)
+        return normalize_centered(d, local[0], moments, norm).reshape(x.shape).to(x.dtype)
 
 
 class FrameSplit:

@@ -21,9 +21,11 @@ from torch import nn
 def centered_frames(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x (B, C, T, H, W)`` -> ``(d, moments)``: ``d (B, C, T, H·W)``, each channel of each frame minus its mean,
     and ``moments (2, B, C, T)``, that mean and the (biased) variance over ``H·W`` (two passes: no cancellation),
-    float32 (float64 for float64 input). Every row depends on its own frame and channel alone."""
+    both float32 (float64 for float64 input). Every row depends on its own frame and channel alone."""
     b, c, t = x.shape[:3]
     rows = x.reshape(b, c, t, -1)
+    if rows.dtype not in (torch.float32, torch.float64):
+        rows = rows.float()  # half precisions: moments and the centred copy in float32
     mean = rows.mean(-1, keepdim=True)
     d = rows - mean
     var = torch.linalg.vector_norm(d, dim=-1) ** 2 / rows.shape[-1]
