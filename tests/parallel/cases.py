@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -140,3 +141,21 @@ def pipeline_frames(model: str, settings: dict[str, Any], *, layout: Any = None,
     if handle is not None:
         handle.remove()
     return out
+
+
+def wan_decode_case(preset: str, frames: int, *, layout: Any = None) -> tuple[torch.Tensor, int]:
+    """Pixels of a tiny random Wan VAE (``preset``) decoding ``frames`` fixed latent frames (one process, a
+    latent frame at a time; split over ``layout``'s frame ranks when given) and the bytes this rank sent."""
+    from vidiff.autoencoders.wan_vae import WAN_VAE_PRESETS, WanVAE
+    from vidiff.parallel.decode import parallelize_decode
+
+    torch.manual_seed(0)
+    vae = _perturb(WanVAE(WAN_VAE_PRESETS[preset]).eval())
+    z = torch.randn(1, frames, vae.config.z_dim, 6, 5, generator=torch.Generator().manual_seed(1))
+    pipe = SimpleNamespace(vae=vae, decode_split=None)
+    if layout is not None:
+        parallelize_decode(pipe, layout)
+        layout.reset_counts()
+    with torch.no_grad():
+        out = (pipe.decode_split or vae.decode_latents)(z, chunk_frames=1)
+    return out, 0 if layout is None else layout.sent

@@ -3,7 +3,8 @@
 ``worker.py SPEC.json``: ``{"runs": [...], "result": path}``; each run names what to compute (``unet``: the
 tiny UNet on fixed inputs, ``case`` its arguments; ``dit``: the tiny Wan DiT likewise; ``pipeline``: the
 image-to-video ``model`` with ``settings``; ``wan_pipeline``: the tiny Wan text-to-video pipeline;
-``decode``, ``decode_pipeline``: the VAE decode split, see ``decode_cases.py``) and the ``--parallel`` ``mode``.
+``decode``, ``decode_pipeline``: the VAE decode split, see ``decode_cases.py``; ``wan_decode``: Wan's causal
+VAE decode split, ``preset`` and latent ``frames``) and the ``--parallel`` ``mode``.
 Rank 0 saves, per run, every rank's output, the bytes every rank sent in each network call and the shape of
 each call's input.
 """
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from vidiff.parallel import ParallelLayout, init_from_env, parallelize, parse_mode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import pipeline_frames, tiny_dit_case, tiny_unet_case, wan_pipeline_frames
+from cases import pipeline_frames, tiny_dit_case, tiny_unet_case, wan_decode_case, wan_pipeline_frames
 from decode_cases import decode_run
 
 
@@ -42,6 +43,9 @@ def run_one(run: dict[str, Any]) -> dict[str, Any]:
             sent.append(layout.sent)
         handle.remove()
         return {"out": torch.stack(outs), "sent": sent, "shapes": [tuple(c[0].shape) for c in calls]}
+    if run["kind"] == "wan_decode":  # Wan's causal VAE decode split by latent frames
+        out, nbytes = wan_decode_case(run["preset"], run["frames"], layout=layout)
+        return {"out": out, "sent": nbytes, "shapes": []}
     shapes: list[tuple[int, ...]] = []
     if run["kind"] == "wan_pipeline":
         return {"out": wan_pipeline_frames(layout=layout, sent=sent, shapes=shapes), "sent": sent, "shapes": shapes}

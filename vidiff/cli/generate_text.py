@@ -87,6 +87,7 @@ def _start_parallel(args: argparse.Namespace, pipe: Any, settings: dict[str, Any
     if getattr(args, "parallel", None) is None:
         return None
     from vidiff.parallel import ParallelLayout, parallelize, parse_mode
+    from vidiff.parallel.decode import parallelize_decode
     from vidiff.parallel.sequence import token_split
 
     cfg, frames = parse_mode(args.parallel)
@@ -103,6 +104,8 @@ def _start_parallel(args: argparse.Namespace, pipe: Any, settings: dict[str, Any
         for transformer in (pipe.transformer, pipe.transformer_2):
             if transformer is not None:
                 parallelize(transformer, layout)
+        if layout.frames > 1:  # the causal VAE's decode too, by blocks of latent frames
+            parallelize_decode(pipe, layout)
     except ValueError as e:
         raise CLIError(f"--parallel {args.parallel}: {e}") from None
     return layout

@@ -118,6 +118,20 @@ class Comm:
             self._count("halo", ((me > 0) * first.numel() + (me < self.size - 1) * last.numel()) * first.element_size())
         return prev, nxt
 
+    def shift_right(self, x: Tensor) -> Tensor | None:
+        """Send ``x`` to the next rank; return what the previous rank sent (the same shape; None on rank 0)."""
+        me, ops, prev = self.rank, [], None
+        x = x.contiguous()
+        if me > 0:
+            prev = torch.empty_like(x)
+            ops.append(dist.P2POp(dist.irecv, prev, self.ranks[me - 1], self.group))
+        if me < self.size - 1:
+            ops.append(dist.P2POp(dist.isend, x, self.ranks[me + 1], self.group))
+            self._count("halo", x.numel() * x.element_size())
+        for req in dist.batch_isend_irecv(ops) if ops else []:
+            req.wait()
+        return prev
+
 
 @dataclass
 class ParallelLayout:

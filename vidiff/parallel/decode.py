@@ -9,6 +9,8 @@ every rank ends with the whole video — the pixels one process decodes, with th
   one-frame halos and whole-clip statistics of ``vidiff.parallel.frames.FrameSplit`` (the UNet's machinery),
   and the call's pixels are gathered. A call of fewer frames than ranks (a short tail chunk) runs whole on
   every rank: exact, not split.
+* Wan's causal 3D VAE: each rank decodes a block of latent frames, with the causal convolutions' tails
+  passed from rank to rank (``vidiff.parallel.decode_wan``).
 * Per-frame autoencoders (SD's image VAE, the patch and flow-warp autoencoders) decode each frame on its
   own, so chunking is moot: each rank decodes its block of every video in one ``decode_latents`` call and
   one gather joins them.
@@ -35,7 +37,9 @@ from torch import Tensor, nn
 
 from vidiff.autoencoders import AutoencoderKL, AutoencoderKLTemporal, PatchAutoencoder, VAEConfig
 from vidiff.autoencoders.blocks import TemporalResnetBlock
+from vidiff.autoencoders.wan_vae import WanVAE
 from vidiff.parallel.comm import Comm, ParallelLayout, split_sizes
+from vidiff.parallel.decode_wan import WanFrameParallelDecode
 from vidiff.parallel.frames import FrameShard, FrameSplit, norm_moments_bytes
 
 __all__ = ["FrameParallelDecode", "can_split_decode", "decoder_call_bytes", "decoder_resnets", "gather_bytes",
@@ -45,8 +49,9 @@ PER_FRAME = (AutoencoderKL, PatchAutoencoder)  # no layer looks across frames (F
 
 
 def can_split_decode(vae: nn.Module) -> bool:
-    """Whether :class:`FrameParallelDecode` knows how to split ``vae``'s decode by frames exactly."""
-    return isinstance(vae, (AutoencoderKLTemporal, *PER_FRAME))
+    """Whether ``vae``'s decode can be split by frames exactly (:class:`FrameParallelDecode`; Wan's causal
+    VAE: :class:`vidiff.parallel.decode_wan.WanFrameParallelDecode`)."""
+    return isinstance(vae, (AutoencoderKLTemporal, WanVAE, *PER_FRAME))
 
 
 class FrameParallelDecode(FrameSplit):
@@ -117,10 +122,11 @@ class FrameParallelDecode(FrameSplit):
         return self.comm.all_gather_dim(local, shard.sizes, dim=1).flatten(0, 1)
 
 
-def parallelize_decode(pipe: Any, layout: ParallelLayout) -> FrameParallelDecode:
+def parallelize_decode(pipe: Any, layout: ParallelLayout) -> FrameParallelDecode | WanFrameParallelDecode:
     """Split ``pipe``'s VAE decode over ``layout``'s frame ranks: the pipeline decodes through the returned
     handle (its ``decode_split``) until ``remove()``. ValueError for an autoencoder it cannot split."""
-    handle = FrameParallelDecode(pipe.vae, layout.frame_comm)
+    split = WanFrameParallelDecode if isinstance(pipe.vae, WanVAE) else FrameParallelDecode
+    handle = split(pipe.vae, layout.frame_comm)
     handle.pipe, pipe.decode_split = pipe, handle
     return handle
 
