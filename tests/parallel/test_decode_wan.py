@@ -1,4 +1,4 @@
-"""Wan's causal 3D VAE decode split by blocks of latent frames (``vidiff.parallel.decode_wan``; gloo, real
+"""Wan's causal 3D VAE decode split by blocks of latent frames (``vidiff.parallel.decode``; gloo, real
 processes): every rank ends with the pixels one process decodes a latent frame at a time (≤ 1e-5), for Wan
 2.1's and Wan 2.2's VAEs and uneven splits, and each rank sends exactly one two-frame tail per causal
 convolution to the next rank plus its share of the pixel gather — counted from the one-process decode's own
