@@ -1,7 +1,8 @@
 """The memory planner for a video DiT (``vidiff.networks.dit_video``): its denoise-stage prediction bounds the
 peak measured on the CPU as ``benchmarks/memory_controls.py`` measures it (growth of the fresh process's
-``VmHWM`` over its resident set once the model and inputs exist), within 2x; attention chunking is not
-predicted to save anything (the DiT attends over the whole sequence), so the planner never picks it."""
+``VmHWM`` over its resident set once the model and inputs exist; the median of three processes), within
+2x; attention chunking is not predicted to save anything (the DiT attends over the whole sequence), so the
+planner never picks it."""
 
 from __future__ import annotations
 
@@ -70,11 +71,14 @@ def _run(frames: int, height: int, width: int) -> RunShape:
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's VmHWM reset")
 @pytest.mark.parametrize("shape", SHAPES)
 def test_dit_prediction_bounds_the_measured_peak_within_2x(shape: tuple[int, int, int]) -> None:
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CONFIG), json.dumps(list(shape))],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    measured = json.loads(proc.stdout.strip().splitlines()[-1])["peak"]
+    peaks = []
+    for _ in range(3):  # one fresh process varies by ~25% (allocator); the median, as benchmarks/ measure it
+        proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CONFIG), json.dumps(list(shape))],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks.append(json.loads(proc.stdout.strip().splitlines()[-1])["peak"])
+    measured = sorted(peaks)[1]
     predicted = stage_activations(_footprint(), _run(*shape), MemoryPlan())["denoise"]
     assert measured > 0
     assert predicted >= measured, (predicted, measured)
