@@ -268,7 +268,7 @@ def _unet_activation_bytes(fp: ModelFootprint, run: RunShape, attention_chunk: i
 # the residual, its modulated copy, q, k, v, their normalised / rotated float32 copies and the output (10); in the
 # MLP the residual, the modulated input and the output (3) beside the hidden projection and its GELU (2 x L x
 # ffn_dim). Counted from the block's forward and checked against peaks measured on the CPU
-# (``tests/pipelines/test_memory_dit.py``: predicted / measured 1.2-1.3).
+# (``tests/pipelines/test_memory_dit.py``: predicted / measured 1.25-1.77 with glibc's mmap threshold fixed).
 DIT_ATTENTION_MAPS = 10
 DIT_MLP_MAPS = 3
 DIT_FFN_MAPS = 2
