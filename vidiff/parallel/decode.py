@@ -55,6 +55,13 @@ def can_split_decode(vae: nn.Module) -> bool:
     return isinstance(vae, (AutoencoderKLTemporal, WanVAE, *PER_FRAME))
 
 
+def _uninstall(handle: Any) -> None:
+    """Take a decode split off the pipeline :func:`parallelize_decode` installed it on."""
+    if handle.pipe is not None and getattr(handle.pipe, "decode_split", None) is handle:
+        handle.pipe.decode_split = None
+    handle.pipe = None
+
+
 class FrameParallelDecode(FrameSplit):
     """``vae.decode_latents`` split by frames over the ranks of ``comm``: call it as that method (every rank
     with the same latents); :meth:`remove` takes the hooks out. Outside its calls the VAE is unchanged."""
@@ -99,9 +106,7 @@ class FrameParallelDecode(FrameSplit):
     def remove(self) -> None:
         """Back to the single-process decode (and off the pipeline it was installed on)."""
         super().remove()
-        if self.pipe is not None and getattr(self.pipe, "decode_split", None) is self:
-            self.pipe.decode_split = None
-        self.pipe = None
+        _uninstall(self)
 
     def _cut(self, decoder: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         """A decoder call on ``(B·T, C, h, w)`` latents of ``num_frames = T``: this rank's frames only."""
@@ -202,9 +207,7 @@ class WanFrameParallelDecode:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if self.pipe is not None and getattr(self.pipe, "decode_split", None) is self:
-            self.pipe.decode_split = None
-        self.pipe = None
+        _uninstall(self)
 
     def _halo(self, conv: nn.Module, args: tuple) -> None:
         if self._stream is not None and len(args) > 1 and args[1] is self._stream:

@@ -72,7 +72,6 @@ class _GroupNormOverFrames(nn.Module):
 
     def __init__(self, norm: nn.GroupNorm, owner: FrameSplit) -> None:
         super().__init__()
-        self.num_groups, self.eps = norm.num_groups, norm.eps
         self.weight, self.bias = norm.weight, norm.bias  # the same parameters: state-dict keys unchanged
         self.inner = [norm]  # not a submodule: restored on remove()
         self.owner = owner
