@@ -133,7 +133,7 @@ def pipeline_frames(model: str, settings: dict[str, Any], *, layout: Any = None,
     pipe = ImageToVideoPipeline.from_pretrained(model)
     image = torch.linspace(0, 1, 3 * 64 * 64).reshape(3, 64, 64)
     handle = None if layout is None else instrument(pipe.unet, layout, sent, shapes)
-    if layout is not None and layout.frames > 1:  # the VAE decode split by frames too, as vidiff generate does
+    if layout is not None:  # the VAE decode split over every rank too, as vidiff generate does
         from vidiff.parallel.decode import parallelize_decode
 
         parallelize_decode(pipe, layout)
@@ -145,7 +145,7 @@ def pipeline_frames(model: str, settings: dict[str, Any], *, layout: Any = None,
 
 def wan_decode_case(preset: str, frames: int, *, layout: Any = None) -> tuple[torch.Tensor, int]:
     """Pixels of a tiny random Wan VAE (``preset``) decoding ``frames`` fixed latent frames (one process, a
-    latent frame at a time; split over ``layout``'s frame ranks when given) and the bytes this rank sent."""
+    latent frame at a time; split over ``layout``'s ranks when given) and the bytes this rank sent."""
     from vidiff.autoencoders.wan_vae import WAN_VAE_PRESETS, WanVAE
     from vidiff.parallel.decode import parallelize_decode
 

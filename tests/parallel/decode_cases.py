@@ -45,7 +45,7 @@ def tiny_decode_case(vae: str, frames: int, batch: int = 2, size: int = 8,
 def decode_frames(case: dict[str, Any], settings: dict[str, Any], *, layout: Any = None,
                   sent: list[int] | None = None, shapes: list[tuple[int, ...]] | None = None) -> torch.Tensor:
     """Pixels of ``tiny_decode_case(**case)`` decoded with ``settings`` (``chunk_size``, ``overlap``, ``tile``:
-    latent tile side, 0 for no tiling), split over ``layout``'s frame ranks when given. Per split call (each
+    latent tile side, 0 for no tiling), split over all of ``layout``'s ranks when given. Per split call (each
     temporal-decoder call; each whole decode of a per-frame autoencoder) the bytes sent go to ``sent`` and
     ``(batch, frames, h, w)`` of its latents to ``shapes``."""
     from vidiff.parallel.decode import FrameParallelDecode
@@ -67,7 +67,7 @@ def decode_frames(case: dict[str, Any], settings: dict[str, Any], *, layout: Any
             shapes.append((args[0].shape[0] // t, t, *args[0].shape[-2:]))
 
         vae.decoder.register_forward_pre_hook(before, with_kwargs=True)
-    split = FrameParallelDecode(vae, layout.frame_comm)
+    split = FrameParallelDecode(vae, layout.world_comm)
     if temporal:
         vae.decoder.register_forward_hook(lambda *_: sent.append(layout.sent))
     layout.reset_counts()

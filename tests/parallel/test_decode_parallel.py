@@ -47,7 +47,8 @@ def test_closed_form_counts_the_decoder_layers() -> None:
     assert middle - end == halo_bytes  # a middle rank sends one more frame of halos per temporal conv
 
 
-# (world size, mode): uneven 4 + 3 and 3 + 2 + 2; under cfg,frames each guidance branch's 2 frame ranks split it
+# (world size, mode): uneven 4 + 3, 3 + 2 + 2 and, under cfg,frames, 2 + 2 + 2 + 1: the decode follows guidance,
+# so all 4 ranks share it (not each guidance branch's 2 frame ranks, which would decode the same frames twice)
 SETUPS = [(2, "frames"), (3, "frames"), (4, "cfg,frames")]
 
 
@@ -55,7 +56,7 @@ SETUPS = [(2, "frames"), (3, "frames"), (4, "cfg,frames")]
 def test_decode_split_by_frames_matches_one_process(tmp_path: Path, nproc: int, mode: str) -> None:
     runs = [{"kind": "decode", "mode": mode, "case": {"vae": vae, "frames": FRAMES}, "settings": settings}
             for vae, settings in DECODES]
-    ranks = nproc // (2 if mode.startswith("cfg") else 1)
+    ranks = nproc
     torch.set_num_threads(1)
     for (vae, settings), result in zip(DECODES, run_workers(tmp_path, nproc, runs)):
         reference = decode_frames({"vae": vae, "frames": FRAMES}, settings)
@@ -96,3 +97,21 @@ def test_pipeline_with_the_decode_split_over_3_ranks_matches_one_process(tmp_pat
     vae, f = pipe.vae.config, pipe.vae.config.downsample_factor
     for rank, (sent,) in enumerate(result["sent"]):  # the decode really was split: its closed-form bytes
         assert sent == decoder_call_bytes(vae, batch=1, frames=FRAMES, h=64 // f, w=64 // f, ranks=3, rank=rank)
+
+
+def test_under_cfg_the_two_guidance_ranks_share_the_decode(tmp_path: Path, tiny_vidiff: Path) -> None:
+    # guided, 2 ranks holding one guidance half each: once guidance is combined both hold the same latents, so
+    # the decode splits over both (7 frames: 4 + 3) instead of rank 0 decoding alone
+    settings = {"num_frames": FRAMES, "num_inference_steps": 2, "height": 64, "width": 64,
+                "min_guidance_scale": 1.0, "max_guidance_scale": 2.5, "seed": 0}
+    (result,) = run_workers(tmp_path, 2, [{"kind": "decode_pipeline", "model": str(tiny_vidiff), "mode": "cfg",
+                                           "settings": settings}])
+    torch.set_num_threads(1)
+    frames, _ = decode_pipeline(str(tiny_vidiff), settings)
+    diff = max_diff([out[0] for out in result["outs"]], frames)
+    print(f"tiny model, cfg on 2 ranks with the decode split: max |Δ| = {diff:.3g}")
+    assert diff <= TOLERANCE, f"max |Δ| on pixels = {diff:.3g}"
+    vae = ImageToVideoPipeline.from_pretrained(str(tiny_vidiff)).vae.config
+    f = vae.downsample_factor
+    for rank, (sent,) in enumerate(result["sent"]):  # each rank sent its halves of the split decode
+        assert sent == decoder_call_bytes(vae, batch=1, frames=FRAMES, h=64 // f, w=64 // f, ranks=2, rank=rank) > 0

@@ -35,7 +35,7 @@ def test_token_split_and_refusals() -> None:
     with pytest.raises(ValueError, match="num_attention_heads=6 does not divide over 4 ranks"):
         SequenceParallelDiT(dit, Comm([0, 1, 2, 3]))
     unet_like = torch.nn.Linear(2, 2)
-    layout = ParallelLayout(1, 2, Comm([0, 1]), Comm([0]))
+    layout = ParallelLayout(1, 2, Comm([0, 1]), Comm([0]), Comm([0, 1]))
     with pytest.raises(ValueError, match="neither"):
         parallelize(unet_like, layout)
     assert dit_call_bytes(TINY_DIT, batch=1, frames=3, h=4, w=4, frame_ranks=1, rank=0) == 0

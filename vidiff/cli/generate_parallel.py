@@ -2,9 +2,9 @@
 
 Every rank loads the model and runs the same generation; ``vidiff.parallel`` splits each UNet call between
 them (CFG: the two guidance halves on two ranks; frames: the frames over the ranks of a guidance branch), so
-every rank ends with the same latents. Under frames the VAE decode is split too (``vidiff.parallel.decode``:
-every rank of a frame group decodes a block of the frames and ends with the whole video); otherwise rank 0
-alone decodes and the other ranks stop after sampling. Rank 0 writes the video and its settings file, which
+every rank ends with the same latents. The VAE decode is then split over every rank (``vidiff.parallel.decode``:
+each decodes a block of the frames and ends with the whole video; an autoencoder that cannot be split is
+decoded by rank 0 alone while the other ranks stop after sampling). Rank 0 writes the video and its settings file, which
 records the mode, the world size and the ranks the decode was split over. Without a distributed launch, or
 with a split the run cannot make, the command fails with one line saying why, before any work.
 """
@@ -84,7 +84,7 @@ def start_parallel(args: argparse.Namespace, pipe: Any, settings: Any, image: An
         parallelize(pipe.unet, layout)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    if layout.frames > 1 and can_split_decode(pipe.vae):
+    if can_split_decode(pipe.vae):  # over every rank: each holds the guided latents
         parallelize_decode(pipe, layout)
     return layout
 
@@ -105,4 +105,4 @@ def parallel_record(layout: Any, pipe: Any) -> dict[str, Any]:
     if layout is None:
         return {"parallel": None}
     split = getattr(pipe, "decode_split", None) is not None
-    return {"parallel": {**layout.describe(), "decode_ranks": layout.frames if split else 1}}
+    return {"parallel": {**layout.describe(), "decode_ranks": layout.world_size if split else 1}}

@@ -104,8 +104,7 @@ def _start_parallel(args: argparse.Namespace, pipe: Any, settings: dict[str, Any
         for transformer in (pipe.transformer, pipe.transformer_2):
             if transformer is not None:
                 parallelize(transformer, layout)
-        if layout.frames > 1:  # the causal VAE's decode too, by blocks of latent frames
-            parallelize_decode(pipe, layout)
+        parallelize_decode(pipe, layout)  # the causal VAE's decode by blocks of latent frames, over every rank
     except ValueError as e:
         raise CLIError(f"--parallel {args.parallel}: {e}") from None
     return layout

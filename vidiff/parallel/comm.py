@@ -138,13 +138,15 @@ class ParallelLayout:
     """Which ranks split what: ``cfg`` (2 guidance branches or 1) × ``frames`` (frame shards) = world.
 
     ``frame_comm`` joins the ranks of this rank's guidance branch, ``cfg_comm`` the two ranks that share
-    this rank's frame shard (a group of one without CFG parallelism).
+    this rank's frame shard (a group of one without CFG parallelism), ``world_comm`` every rank (the VAE
+    decode, which follows guidance and so splits over all of them).
     """
 
     cfg: int
     frames: int
     frame_comm: Comm
     cfg_comm: Comm
+    world_comm: Comm
 
     @property
     def world_size(self) -> int:
@@ -161,11 +163,11 @@ class ParallelLayout:
 
     @property
     def sent(self) -> int:
-        """Bytes this rank has sent so far, over both groups."""
-        return self.frame_comm.sent + self.cfg_comm.sent
+        """Bytes this rank has sent so far, over all groups."""
+        return self.frame_comm.sent + self.cfg_comm.sent + self.world_comm.sent
 
     def reset_counts(self) -> None:
-        for comm in (self.frame_comm, self.cfg_comm):
+        for comm in (self.frame_comm, self.cfg_comm, self.world_comm):
             comm.sent, comm.calls = 0, {}
 
     def describe(self) -> dict[str, int | str]:
@@ -199,7 +201,7 @@ class ParallelLayout:
             if rank in ranks:
                 cfg_comm = Comm(ranks, group)
         assert frame_comm is not None and cfg_comm is not None
-        return cls(n_cfg, n_frames, frame_comm, cfg_comm)
+        return cls(n_cfg, n_frames, frame_comm, cfg_comm, Comm(list(range(world))))
 
 
 def _group(ranks: list[int]) -> dist.ProcessGroup | None:

@@ -1,5 +1,7 @@
-"""Frame-parallel VAE decoding: each rank of the frame group decodes a contiguous block of the frames, and
-every rank ends with the whole video — the pixels one process decodes, with the same ``decode_chunk_size``.
+"""Frame-parallel VAE decoding: each rank decodes a contiguous block of the frames, and every rank ends with
+the whole video — the pixels one process decodes, with the same ``decode_chunk_size``. The decode follows
+guidance, so every rank of the job holds the same latents and :func:`parallelize_decode` splits it over all
+of them (under ``cfg,frames`` both guidance branches share it; under ``cfg`` its two ranks do).
 
 * SVD's temporal decoder (``AutoencoderKLTemporal``) mixes frames inside each decoder call: the (3, 1, 1)
   convolutions of its temporal resnets and its ``time_conv_out``, and the GroupNorms of the temporal
@@ -215,10 +217,11 @@ class WanFrameParallelDecode:
 
 
 def parallelize_decode(pipe: Any, layout: ParallelLayout) -> FrameParallelDecode | WanFrameParallelDecode:
-    """Split ``pipe``'s VAE decode over ``layout``'s frame ranks: the pipeline decodes through the returned
-    handle (its ``decode_split``) until ``remove()``. ValueError for an autoencoder it cannot split."""
+    """Split ``pipe``'s VAE decode over every rank of ``layout`` (the latents are the same on all of them once
+    guidance is combined): the pipeline decodes through the returned handle (its ``decode_split``) until
+    ``remove()``. ValueError for an autoencoder it cannot split."""
     split = WanFrameParallelDecode if isinstance(pipe.vae, WanVAE) else FrameParallelDecode
-    handle = split(pipe.vae, layout.frame_comm)
+    handle = split(pipe.vae, layout.world_comm)
     handle.pipe, pipe.decode_split = pipe, handle
     return handle
 

@@ -555,7 +555,7 @@ class ImageToVideoPipeline(LoRAMixin, CameraMixin):
                 reference: torch.Tensor | None = None) -> torch.Tensor:
         kwargs = {} if reference is None else {"reference": reference.to(self.device)}
         progress = progress and not self._progress_bar_config.get("disable", False)
-        with on_device(self.vae, self.device, self._offload):  # split over frame ranks with decode_split
+        with on_device(self.vae, self.device, self._offload):  # split over the ranks with decode_split
             return (self.decode_split or self.vae.decode_latents)(
                 x.float(), chunk_size=plan.decode_chunk_size, overlap=s.decode_overlap or 0,
                 tiled=plan.vae_tiling, progress=progress, **kwargs)

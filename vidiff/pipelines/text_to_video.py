@@ -106,7 +106,7 @@ class TextToVideoPipeline:
             raise ValueError("a second (low-noise) transformer needs boundary_ratio, and boundary_ratio needs it")
         self.transformer, self.transformer_2, self.boundary_ratio = transformer, transformer_2, boundary_ratio
         self.vae = vae
-        self.decode_split: Any = None  # vidiff.parallel.parallelize_decode: the VAE decode over frame ranks
+        self.decode_split: Any = None  # vidiff.parallel.parallelize_decode: the VAE decode over the ranks
         self.text = UMT5TextEncoder(tokenizer, text_encoder) if text_encoder is not None else None
         self.image_encoder, self.image_processor = image_encoder, image_processor
         self.flow_shift = flow_shift
@@ -280,6 +280,6 @@ class TextToVideoPipeline:
 
         if output_type == "latent":
             return TextToVideoOutput(x, plan)
-        decode = self.decode_split or self.vae.decode_latents  # split over frame ranks: parallelize_decode
+        decode = self.decode_split or self.vae.decode_latents  # split over the ranks: parallelize_decode
         frames = decode(x.to(self.vae.dtype), chunk_frames=plan.decode_chunk_size)
         return TextToVideoOutput(_postprocess(frames, output_type), plan)
