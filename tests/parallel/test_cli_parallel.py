@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from vidiff.cli.main import main
 from vidiff.io.video import read_video
@@ -61,6 +62,33 @@ def test_frames_on_two_ranks_write_the_one_process_video_once(image: Path, tmp_p
     assert json.loads((one / "settings.json").read_text())["parallel"] is None
     # pixels agree to 1e-5 before 8-bit rounding (test_pipeline_parallel), so at most one level after it
     assert float((read_video(one)[0] - read_video(two)[0]).abs().max()) <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize(("nproc", "mode"), [(2, "fifo"), (3, "keyframes")])
+def test_a_long_video_split_over_ranks_is_the_one_process_video(image: Path, tmp_path: Path, nproc: int,
+                                                                mode: str) -> None:
+    # 20 frames from windows of 14 (fifo: 14-frame windows; keyframes: one keyframe window, then in-between
+    # windows of 3 frames, 1 per rank on 3 ranks); every window's UNet calls and decodes split over the ranks
+    long = ["--num-frames", "20", "--long-mode", mode, "--steps", "2", "--height", "64", "--width", "64", "--quiet"]
+    one, two = tmp_path / "one", tmp_path / "par" / "two"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank runs (bit-exactness needs equal thread counts: README)
+    try:
+        assert main(["generate", "--image", str(image), "--output", f"{one}/", *long]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    proc = torchrun(nproc, "-m", "vidiff.cli.main", "generate", "--image", str(image), "--output", f"{two}/",
+                    "--parallel", "frames", *long)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "par").iterdir()] == ["two"]  # written once, by rank 0
+    frames = [sorted(d.glob("*.png")) for d in (one, two)]
+    assert len(frames[0]) == len(frames[1]) == 20
+    for a, b in zip(*frames, strict=True):  # one thread per rank: the same bits as one process (test_pipeline_*)
+        assert np.array_equal(np.asarray(PIL.Image.open(a)), np.asarray(PIL.Image.open(b))), b.name
+    sidecar = json.loads((two / "settings.json").read_text())
+    assert sidecar["long_video"]["long_mode"] == mode and sidecar["settings"]["num_frames"] == 20
+    assert sidecar["parallel"] == {"mode": "frames", "world_size": nproc, "cfg_ranks": 1, "frame_ranks": nproc,
+                                   "decode_ranks": nproc}
 
 
 def test_an_impossible_split_fails_on_every_rank_in_one_line(image: Path, tmp_path: Path) -> None:

@@ -54,3 +54,13 @@ def test_parallel_unet_matches_one_process(tmp_path: Path, nproc: int, mode: str
         expected = unet_call_bytes(TINY, batch=1 if cfg else 2, frames=frames, h=8, w=8, frame_ranks=frame_ranks,
                                    rank=rank % frame_ranks, cfg_parallel=cfg)
         assert per_call == [expected] * 2, f"rank {rank}"
+
+
+def test_a_call_of_fewer_frames_than_ranks_runs_whole_on_every_rank(tmp_path: Path) -> None:
+    # a long video's in-between windows can be shorter than the frame ranks (keyframes holding both ends): such
+    # a call is not split (no rank would be left without a frame); every rank computes it whole, sending nothing
+    case = {"frames": 2, "batch": 2}
+    (result,) = run_workers(tmp_path, 3, [{"kind": "unet", "mode": "frames", "case": case}])
+    diff = max_diff(result["outs"], _reference(case))
+    assert diff <= 1e-5, f"2 frames on 3 ranks: max |Δ| = {diff:.3g}"
+    assert result["sent"] == [[0, 0]] * 3

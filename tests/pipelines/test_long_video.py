@@ -73,7 +73,7 @@ def test_frames_stream_in_order_window_by_window(pipe: ImageToVideoPipeline, mod
 
 
 def test_cli_long_run_writes_video_and_sidecar(tmp_path: Path) -> None:
-    out = tmp_path / "long.mp4"
+    out = tmp_path / "new" / "folder" / "long.mp4"  # made as for one clip (the frames stream beside it)
     proc = vidiff("generate", "--image", PHOTO, "--output", out, "--num-frames", 20, "--steps", 1,
                   "--height", 64, "--width", 64, "--long-mode", "chain", "--overlap", 4, "--quiet")
     assert proc.returncode == 0, proc.stderr

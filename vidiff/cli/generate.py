@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
                        "video (--num-frames beyond it, --end-image or --long-mode)")
     layout = start_parallel(args, pipe, settings, image, long=long)
     if long:
-        return run_long(args, pipe, image, image_path, output, settings, model, post)
+        return run_long(args, pipe, image, image_path, output, settings, model, post, layout)
     start = time.perf_counter()
     try:
         result = pipe(  # the writer decodes (every rank of a split decode): the others hold the same latents

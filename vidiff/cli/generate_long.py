@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vidiff.cli.generate_parallel import is_writer, parallel_record
 from vidiff.cli.main import CLIError
 from vidiff.pipelines.long_video import LONG_MODES
 from vidiff.pipelines.long_video_pipeline import DEFAULT_LONG_MODE, DEFAULT_OVERLAP
@@ -83,46 +84,47 @@ def end_latent(pipe: Any, start: Any, end: Any, height: int, width: int) -> Any:
 
 
 def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, output: Path,
-             settings: Any, model: Any, post: Any = None) -> int:
+             settings: Any, model: Any, post: Any = None, layout: Any = None) -> int:
     """Generate, stream the frames to the video file and write its sidecar (settings with the full
     ``num_frames``, plus ``long_video``: mode, window, overlap and the segment or keyframe indices). With
     ``post`` (``--deflicker``) the frames stream to lossless png frames in a temporary folder beside the
-    output, which the streamed deflicker then reads twice."""
+    output, which the streamed deflicker then reads twice. Under ``--parallel`` (``layout``) every rank
+    samples and decodes its share of each window; rank 0 alone writes."""
+    if not is_writer(layout):
+        _generate(args, pipe, image, _plan(args, pipe, settings), lambda frames: None)
+        return 0
     import tempfile
 
     from vidiff import __version__
     from vidiff.cli.generate import _sha256, sidecar_path, write_sidecar
     from vidiff.cli.generate_post import deflicker_file
-    from vidiff.io.video import read_image
     from vidiff.io.video_stream import VideoStreamWriter
-    from vidiff.pipelines.long_video_pipeline import generate_long_video, plan_long_run
 
-    try:
-        run = plan_long_run(pipe, settings, mode=args.long_mode, overlap=args.overlap,
-                            end_image=args.end_image is not None)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    run = _plan(args, pipe, settings)
     num_frames, window, mode = run.num_frames, run.window, run.mode
-    end = read_image(args.end_image) if args.end_image else None
     resolved = pipe._resolve(run.settings)
-    latent = None if end is None else end_latent(pipe, image, end, resolved.height, resolved.width)
     start = time.perf_counter()
     post_record: dict[str, Any] = {}
+    made = _missing_folders(output.parent)  # made now: the frames stream into a folder beside the output
     try:
+        for folder in made:
+            folder.mkdir()
         with tempfile.TemporaryDirectory(dir=output.parent, prefix=".vidiff-frames-") as tmp:
             # frames go to the encoder as each window makes them final: memory is one window's, not the video's
             target = output if post is None else Path(tmp) / "frames"
             with VideoStreamWriter(target, resolved.fps, num_frames, format=None if post is None else "png") as w:
-                result = generate_long_video(
-                    pipe, image, num_frames, w.push, mode=mode, overlap=run.overlap, end_image=end,
-                    end_latent=latent, settings=run.settings, progress=not args.quiet, offload=args.offload,
-                    max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
+                result = _generate(args, pipe, image, run, w.push)
             if post is not None:
                 post_record = {"deflicker": deflicker_file(target, output, resolved.fps, post).to_dict()}
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    except OSError as e:
-        raise CLIError(f"cannot write {output}: {e}") from None
+    except BaseException as e:
+        for folder in reversed(made):  # a failed run leaves nothing behind, not even the folders it made
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if isinstance(e, ValueError):
+            raise CLIError(str(e)) from None
+        if isinstance(e, OSError):
+            raise CLIError(f"cannot write {output}: {e}") from None
+        raise
     seconds = time.perf_counter() - start
     record = dict(result.record)
     if args.end_image:
@@ -131,7 +133,7 @@ def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, 
     sidecar = {
         "vidiff_version": __version__, "model": str(model), "image": str(image_path),
         "image_sha256": _sha256(image_path), "output": str(output), **result.run,
-        "generation_seconds": round(seconds, 3),
+        **parallel_record(layout, pipe), "generation_seconds": round(seconds, 3),
         "settings": {**result.settings.to_dict(), "num_frames": num_frames},
         "long_video": record, **post_record,
     }
@@ -140,3 +142,40 @@ def run_long(args: argparse.Namespace, pipe: Any, image: Any, image_path: Path, 
         print(f"wrote {output} ({num_frames} frames, {mode} over windows of {window}) in {seconds:.1f} s; "
               f"settings in {sidecar_path(output)}")
     return 0
+
+
+def _plan(args: argparse.Namespace, pipe: Any, settings: Any) -> Any:
+    """The run's layout (``plan_long_run``), a bad option as a one-line ``CLIError``."""
+    from vidiff.pipelines.long_video_pipeline import plan_long_run
+
+    try:
+        return plan_long_run(pipe, settings, mode=args.long_mode, overlap=args.overlap,
+                             end_image=args.end_image is not None)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _generate(args: argparse.Namespace, pipe: Any, image: Any, run: Any, sink: Any) -> Any:
+    """Run the long generation ``run`` with the command's options, its frames to ``sink`` as they are final."""
+    from vidiff.io.video import read_image
+    from vidiff.pipelines.long_video_pipeline import generate_long_video
+
+    end = read_image(args.end_image) if args.end_image else None
+    resolved = pipe._resolve(run.settings)
+    latent = None if end is None else end_latent(pipe, image, end, resolved.height, resolved.width)
+    try:
+        return generate_long_video(
+            pipe, image, run.num_frames, sink, mode=run.mode, overlap=run.overlap, end_image=end, end_latent=latent,
+            settings=run.settings, progress=not args.quiet, offload=args.offload, max_memory=args.max_memory,
+            vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]

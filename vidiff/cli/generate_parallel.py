@@ -59,14 +59,12 @@ def check_parallel(args: argparse.Namespace, device: str) -> str:
 
 def start_parallel(args: argparse.Namespace, pipe: Any, settings: Any, image: Any, *, long: bool) -> Any:
     """Split ``pipe``'s UNet over the ranks as ``--parallel`` asks (None without it); CLIError when the
-    run cannot be split so (a long video, a process count or frame count that does not divide)."""
+    run cannot be split so (a process count or frame count that does not divide)."""
     if getattr(args, "parallel", None) is None:
         return None
     from vidiff.parallel import ParallelLayout, parallelize, parse_mode
     from vidiff.parallel.decode import can_split_decode, parallelize_decode
 
-    if long:
-        raise CLIError("--parallel runs one clip; long videos (--long-mode, --end-image) are not split yet")
     cfg, frames = parse_mode(args.parallel)
     try:
         layout = ParallelLayout.build(cfg, frames)
@@ -77,8 +75,11 @@ def start_parallel(args: argparse.Namespace, pipe: Any, settings: Any, image: An
         raise CLIError(f"--parallel {args.parallel}: guidance is off (max_guidance_scale "
                        f"{resolved.max_guidance_scale:g} <= 1), so there is no unconditional half to split off; "
                        "use --parallel frames or raise --max-guidance-scale")
-    if layout.frames > resolved.num_frames:
-        raise CLIError(f"--parallel {args.parallel}: {resolved.num_frames} frames cannot be split over "
+    per_call = resolved.num_frames
+    if long:  # network calls of windows of the model's clip length (shorter in-between windows run whole)
+        per_call = min(per_call, pipe.default_settings(settings.behaviour or "diffusers").num_frames)
+    if layout.frames > per_call:
+        raise CLIError(f"--parallel {args.parallel}: {per_call} frames cannot be split over "
                        f"{layout.frames} frame ranks (each needs at least one frame)")
     try:
         parallelize(pipe.unet, layout)

@@ -163,10 +163,12 @@ class FrameParallelUNet(FrameSplit):
 
     def local_inputs(self, x: Tensor, c_noise: Tensor, cond: object,
                      indicator: Tensor | None) -> tuple[Tensor, Tensor, object, Tensor | None]:
-        """Begin a call on ``x (B, T, ...)``: this rank's frames of every per-frame input."""
+        """Begin a call on ``x (B, T, ...)``: this rank's frames of every per-frame input. A call of fewer
+        frames than ranks (a short in-between window of a long video) runs whole on every rank: exact, not split."""
         t = x.shape[1]
         if t < self.comm.size:
-            raise ValueError(f"frame parallelism over {self.comm.size} ranks needs at least that many frames, got {t}")
+            self.shard = None
+            return x, c_noise, cond, indicator
         shard = self.shard = FrameShard(t, split_sizes(t, self.comm.size), self.comm.rank)
         cond = replace(cond, vector=shard.cut(cond.vector), concat=shard.cut(cond.concat))
         return shard.cut(x), shard.cut(c_noise) if c_noise.ndim == 2 else c_noise, cond, shard.cut(indicator)
@@ -174,6 +176,8 @@ class FrameParallelUNet(FrameSplit):
     def gather_output(self, out: Tensor) -> Tensor:
         """End a call: ``(B, T_local, ...)`` from every rank -> ``(B, T, ...)`` on every rank."""
         shard, self.shard = self.shard, None
+        if shard is None:  # the call ran whole
+            return out
         return self.comm.all_gather_dim(out, shard.sizes, dim=1)
 
     # --- hooks --------------------------------------------------------------------------------------------
