@@ -166,3 +166,17 @@ def test_bad_input_fails_cleanly(tiny_svd_folder: Path, tmp_path: Path, capsys: 
     assert len(lines) == 1 and needle in lines[0], err
     assert out.read_bytes() == b"an earlier video the user wants to keep"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("existing")) == ["existing.mp4"]
+
+
+@pytest.mark.parametrize("command", ["generate", "bench"])
+def test_short_setting_flags_also_take_the_full_names(command: str) -> None:
+    """``--steps``, ``--min-guidance``, ``--max-guidance`` also answer to the settings' full names (diffusers'
+    argument names), into the same setting."""
+    from vidiff.cli.main import build_parser
+
+    parser = build_parser(command)
+    full = parser.parse_args([command, "--num-inference-steps", "7", "--min-guidance-scale", "1.5",
+                              "--max-guidance-scale", "2.5"])
+    short = parser.parse_args([command, "--steps", "7", "--min-guidance", "1.5", "--max-guidance", "2.5"])
+    for args in (full, short):
+        assert (args.num_inference_steps, args.min_guidance_scale, args.max_guidance_scale) == (7, 1.5, 2.5)

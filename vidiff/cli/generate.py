@@ -70,24 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(a path ending in /) of png frames")
     p.add_argument("--model", default=None,
                    help="diffusers folder, single-file .safetensors, or vidiff folder (default: bundled model)")
-    group = p.add_argument_group("generation settings (default: the model's)")
-    for f in fields(GenerationSettings):
-        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-        kind = {"int | None": int, "float | None": float}.get(str(f.type), str)
-        group.add_argument(flag, dest=f.name, type=kind, default=None, help=f.metadata["help"],
-                           choices=f.metadata.get("choices"))
-    hw = p.add_argument_group("device and memory")
-    hw.add_argument("--device", default="auto",
-                    help="auto, cpu, cuda or cuda:N (default auto: cuda when there is a CUDA device, else cpu)")
-    hw.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                    help="weights and activations dtype (default float32 on cpu, float16 on cuda)")
-    hw.add_argument("--offload", default=None, choices=OFFLOAD_MODES,
-                    help="keep components (model) or layers (sequential) off the GPU until they run")
-    hw.add_argument("--max-memory", default=None,
-                    help="memory budget such as 8GiB: chooses the cheapest controls predicted to fit")
-    hw.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
-    hw.add_argument("--attention-chunk", type=int, default=None,
-                    help="sequences per attention/feed-forward call in the UNet (lower saves memory)")
+    add_settings_arguments(p)
+    add_device_arguments(p)
     add_fast_path_arguments(p)
     add_adapter_arguments(p)
     add_postprocess_arguments(p)
@@ -100,6 +84,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_sv4d_arguments(p)
     p.add_argument("--settings", default=None, help="a sidecar JSON from an earlier run to repeat")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """One option per ``GenerationSettings`` field (``vidiff generate`` and ``vidiff bench``); a field with a
+    short flag (``--steps``) also takes its full name (``--num-inference-steps``, diffusers' argument)."""
+    group = p.add_argument_group("generation settings (default: the model's)")
+    for f in fields(GenerationSettings):
+        full = "--" + f.name.replace("_", "-")
+        flags = dict.fromkeys((f.metadata.get("flag", full), full))
+        kind = {"int | None": int, "float | None": float}.get(str(f.type), str)
+        group.add_argument(*flags, dest=f.name, type=kind, default=None, help=f.metadata["help"],
+                           choices=f.metadata.get("choices"))
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """Device, dtype and the memory controls (``vidiff generate`` and ``vidiff bench``)."""
+    hw = p.add_argument_group("device and memory")
+    hw.add_argument("--device", default="auto",
+                    help="auto, cpu, cuda or cuda:N (default auto: cuda when there is a CUDA device, else cpu)")
+    hw.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                    help="weights and activations dtype (default float32 on cpu, float16 on cuda)")
+    hw.add_argument("--offload", default=None, choices=OFFLOAD_MODES,
+                    help="keep components (model) or layers (sequential) off the GPU until they run")
+    hw.add_argument("--max-memory", default=None,
+                    help="memory budget such as 8GiB: chooses the cheapest controls predicted to fit")
+    hw.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
+    hw.add_argument("--attention-chunk", type=int, default=None,
+                    help="sequences per attention/feed-forward call in the UNet (lower saves memory)")
 
 
 def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:

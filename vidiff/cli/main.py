@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "serve": "Serve image-to-video as an HTTP job service with a web page (queue, progress, cancel).",
     "deflicker": "Remove frame-to-frame brightness and colour flicker from a video (streaming).",
     "export": "Export a model's UNet, VAE decoder and image encoder to ONNX (onnxruntime, TensorRT).",
+    "bench": "Time one generation phase by phase (UNet, decode, the rest) and its peak memory.",
 }
 
 EXIT_USAGE = 2

@@ -92,6 +92,12 @@ def bundled_model_path() -> Path | None:
     return path if (path / "vidiff.json").is_file() else None
 
 
+def bundled_example_path() -> Path:
+    """The example photograph shipped with the package (``vidiff/assets/example.png``, a crop of
+    scikit-image's ``chelsea.png``): what ``make generate`` and ``vidiff bench`` animate by default."""
+    return Path(__file__).resolve().parents[1] / "assets" / "example.png"
+
+
 def _images(image: ImageInput) -> list[Image]:
     """The batch ``image`` stands for, one entry per image: PIL RGB images (PIL input, HWC uint8 arrays) or
     float ``(3, H, W)`` tensors in [0, 1] (float tensors ``(3, H, W)`` / ``(B, 3, H, W)`` and float

@@ -1,0 +1,218 @@
+"""``vidiff bench``: how fast and how big one generation is on this machine, phase by phase.
+
+Loads a model once, generates ``--warmup`` videos that are not counted (the first call pays one-off costs:
+allocator growth, kernel selection, ``--compile``), then ``--repeats`` measured ones with the same settings,
+and reports per video the median wall time and where it goes: the UNet (every network call, timed from
+forward hooks), the VAE decode, and the rest (image conditioning, sampler arithmetic). Peak memory is the
+device's peak allocation on CUDA, the process's peak resident set on the CPU. On CUDA every timed edge
+synchronises the device, so phases add up to the wall time they are part of.
+
+It measures vidiff alone; ``benchmarks/svd_speed.py`` sets it against diffusers on the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vidiff.cli.main import CLIError
+
+EXAMPLES = """\
+examples:
+  vidiff bench
+      the bundled model on the bundled example image, its default settings
+  vidiff bench --model svd_xt.safetensors --device cuda --dtype float16 --compile blocks --json xt.json
+      SVD-XT on a GPU with the compiled UNet blocks; the report also goes to xt.json
+  vidiff bench --model ~/models/svd-xt --max-memory 8GiB --num-frames 14
+      what the controls chosen for an 8 GiB budget cost in time
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from vidiff.cli.generate import add_device_arguments, add_fast_path_arguments, add_settings_arguments
+
+    p = sub.add_parser(
+        "bench", help="Time one generation phase by phase (UNet, decode, the rest) and its peak memory.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate the same video --warmup + --repeats times from one loaded model and report the "
+        "median time per video, per UNet call and for the VAE decode, frames per second and peak memory. "
+        "Settings, device and memory options are those of `vidiff generate`.")
+    p.add_argument("--model", default=None,
+                   help="diffusers folder, single-file .safetensors, or vidiff folder (default: bundled model)")
+    p.add_argument("--image", default=None, help="input image (default: the bundled example image)")
+    p.add_argument("--repeats", type=int, default=3, help="measured videos (default 3; the median is reported)")
+    p.add_argument("--warmup", type=int, default=1, help="videos generated first and not counted (default 1)")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+    add_settings_arguments(p)
+    add_device_arguments(p)
+    add_fast_path_arguments(p)
+    p.set_defaults(settings=None)  # `generate --settings` replays a sidecar; bench takes options only
+
+
+@dataclass
+class PhaseClock:
+    """Seconds spent in timed calls since :meth:`reset` (``calls`` of them; ``batches``: first dimensions)."""
+
+    sync: Callable[[], None]
+    seconds: float = 0.0
+    calls: int = 0
+    batches: list[int] = field(default_factory=list)
+    _start: float = 0.0
+
+    def reset(self) -> None:
+        self.seconds, self.calls, self.batches = 0.0, 0, []
+
+    def begin(self, batch: int | None = None) -> None:
+        self.sync()
+        self._start = time.perf_counter()
+        if batch is not None:
+            self.batches.append(batch)
+
+    def end(self) -> None:
+        self.sync()
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+
+def _time_method(obj: Any, name: str, clock: PhaseClock) -> None:
+    """Time every call of ``obj.name`` on ``clock`` (the instance's attribute shadows the class method)."""
+    method = getattr(obj, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        clock.begin()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            clock.end()
+
+    setattr(obj, name, timed)
+
+
+def _check(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
+        if value < low:
+            raise CLIError(f"{flag} must be >= {low}, got {value}")
+    if args.attention_chunk is not None and args.attention_chunk < 1:
+        raise CLIError(f"--attention-chunk must be >= 1, got {args.attention_chunk}")
+    if args.json is not None and Path(args.json).is_dir():
+        raise CLIError(f"--json {args.json} is a folder: give a file name")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    from vidiff.cli.generate import _settings, fast_path_from_args, resolve_device
+
+    settings = _settings(args)
+    device = resolve_device(args.device)
+
+    import torch
+
+    from vidiff.io.atomic import write_json_atomic
+    from vidiff.io.video import ImageError, read_image
+    from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_example_path, bundled_model_path
+
+    image_path = Path(args.image) if args.image else bundled_example_path()
+    try:
+        image = read_image(image_path)
+    except ImageError as e:
+        raise CLIError(f"--image {e}") from None
+    model = args.model or bundled_model_path()
+    if model is None:
+        raise CLIError("no --model given and no bundled model is installed")
+    dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    start = time.perf_counter()
+    try:
+        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=device,
+                                                    fast_path=fast_path_from_args(args), vae_dtype=torch.float32)
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+    load_s = time.perf_counter() - start
+
+    unet, decode = PhaseClock(sync), PhaseClock(sync)
+    pipe.unet.register_forward_pre_hook(lambda m, a: unet.begin(a[0].shape[0]))
+    pipe.unet.register_forward_hook(lambda m, a, out: unet.end())
+    _time_method(pipe, "_decode", decode)
+
+    def one() -> tuple[float, Any]:
+        unet.reset()
+        decode.reset()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        sync()
+        t = time.perf_counter()
+        try:
+            result = pipe(image, settings=settings, output_type="pt", progress=False, offload=args.offload,
+                          max_memory=args.max_memory, vae_tiling=args.vae_tiling,
+                          attention_chunk=args.attention_chunk)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        sync()
+        return time.perf_counter() - t, result
+
+    first_s = one()[0] if args.warmup else None
+    for _ in range(args.warmup - 1):
+        one()
+    runs = []
+    for _ in range(args.repeats):
+        seconds, result = one()
+        runs.append({"video_s": seconds, "unet_s": unet.seconds, "unet_calls": unet.calls,
+                     "decode_s": decode.seconds, "unet_batch": max(unet.batches, default=0)})
+    report = _report(runs, result, load_s, first_s, model, image_path, device, dtype_name)
+    report["peak_memory_bytes"] = (torch.cuda.max_memory_allocated(device) if cuda
+                                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    report["peak_memory_kind"] = "CUDA allocated (last video)" if cuda else "process resident set (whole run)"
+    _print(report)
+    if args.json is not None:
+        try:
+            write_json_atomic(report, Path(args.json))
+        except OSError as e:
+            raise CLIError(f"cannot write --json {args.json}: {e.strerror or e}") from None
+    return 0
+
+
+def _report(runs: list[dict[str, Any]], result: Any, load_s: float, first_s: float | None, model: Any,
+            image: Path, device: str, dtype: str) -> dict[str, Any]:
+    """The medians over ``runs`` and what was measured."""
+    med = {k: statistics.median(r[k] for r in runs) for k in ("video_s", "unet_s", "decode_s")}
+    s = result.settings
+    calls = runs[-1]["unet_calls"]
+    return {
+        "model": str(model), "image": str(image), "device": device, "dtype": dtype,
+        "settings": s.to_dict(), "memory_plan": result.memory_plan.describe(),
+        "repeats": len(runs), "load_s": load_s, "first_video_s": first_s,
+        "video_s": med["video_s"], "frames_per_s": s.num_frames / med["video_s"],
+        "unet_s": med["unet_s"], "unet_calls_per_video": calls, "unet_batch": runs[-1]["unet_batch"],
+        "unet_call_s": med["unet_s"] / calls if calls else None,
+        "decode_s": med["decode_s"], "other_s": med["video_s"] - med["unet_s"] - med["decode_s"],
+        "runs": runs,
+    }
+
+
+def _print(r: dict[str, Any]) -> None:
+    from vidiff.pipelines.memory import format_bytes
+
+    s = r["settings"]
+    rows = [
+        ("model", f"{r['model']} ({r['device']}, {r['dtype']})"),
+        ("video", f"{s['num_frames']} frames at {s['width']}x{s['height']}, {s['num_inference_steps']} steps"),
+        ("memory plan", r["memory_plan"]),
+        ("load", f"{r['load_s']:.2f} s"),
+        ("first video", "not run (--warmup 0)" if r["first_video_s"] is None else f"{r['first_video_s']:.2f} s"),
+        (f"video (median of {r['repeats']})", f"{r['video_s']:.3f} s = {r['frames_per_s']:.2f} frames/s"),
+        ("  UNet", f"{r['unet_s']:.3f} s: {r['unet_calls_per_video']} calls of batch {r['unet_batch']}"
+         + (f", {r['unet_call_s'] * 1000:.1f} ms each" if r["unet_call_s"] else "")),
+        ("  VAE decode", f"{r['decode_s']:.3f} s"),
+        ("  the rest", f"{r['other_s']:.3f} s (image conditioning, sampler)"),
+        ("peak memory", f"{format_bytes(r['peak_memory_bytes'])} ({r['peak_memory_kind']})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
