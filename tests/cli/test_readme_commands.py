@@ -3,6 +3,7 @@ or misspelt option in the documentation fails here (the cfg example once used a 
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -48,3 +49,31 @@ def test_readme_command_parses(command: str, capsys: pytest.CaptureFixture) -> N
         build_parser(argv[0]).parse_args(argv)
     except SystemExit as e:
         pytest.fail(f"vidiff {command}: {capsys.readouterr().err.strip().splitlines()[-1]} (exit {e.code})")
+
+
+def test_every_dotted_name_the_readme_gives_exists() -> None:
+    """``vidiff.parallel.parallelize_decode`` and the like, in prose and in code: each module imports and each
+    attribute is there (a rename that forgets the README fails here)."""
+    names = sorted(set(re.findall(r"\b(vidiff(?:\.[A-Za-z_]\w*)+)", README.read_text())))
+    assert len(names) >= 20, names
+    missing = []
+    for name in names:
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ImportError:
+                continue
+        for part in parts[i:]:
+            obj = getattr(obj, part, None)
+        if obj is None:
+            missing.append(name)
+    assert not missing, missing
+
+
+def test_every_repository_path_the_readme_gives_exists() -> None:
+    root = README.parent
+    paths = sorted(set(re.findall(r"\b((?:vidiff|benchmarks|configs|scripts|tests)/[\w./-]*\w)", README.read_text())))
+    assert len(paths) >= 20, paths
+    assert not [p for p in paths if not (root / p).exists()]
