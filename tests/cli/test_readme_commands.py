@@ -1,5 +1,6 @@
-"""Every ``vidiff`` command line in the README's code blocks parses with the real command-line parser: a renamed
-or misspelt option in the documentation fails here (the cfg example once used a flag argparse refused)."""
+"""Every ``vidiff`` command line in the README's code blocks and in the commands' ``--help`` examples parses with
+the real command-line parser: a renamed or misspelt option in the documentation fails here (the cfg example once
+used a flag argparse refused). And every dotted name and repository path the README gives exists."""
 
 from __future__ import annotations
 
@@ -41,8 +42,24 @@ def test_the_readme_shows_commands_of_every_kind() -> None:
     assert {"generate", "train", "serve", "eval", "convert", "convert-weights"} <= found, found  # not vacuous
 
 
-@pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_parses(command: str, capsys: pytest.CaptureFixture) -> None:
+def help_examples() -> list[str]:
+    """The example command lines of every command's ``--help`` (its module's ``EXAMPLES`` epilog)."""
+    found = []
+    for name in COMMANDS:
+        module = importlib.import_module(f"vidiff.cli.{name.replace('-', '_')}")
+        for line in getattr(module, "EXAMPLES", "").splitlines():
+            match = COMMAND.search(line.strip())
+            if line.startswith("  ") and not line.startswith("    ") and match:
+                found.append(match.group(1))
+    return found
+
+
+def test_help_examples_are_found() -> None:
+    assert len({shlex.split(c)[0] for c in help_examples()}) >= 6
+
+
+@pytest.mark.parametrize("command", readme_commands() + help_examples())
+def test_documented_command_parses(command: str, capsys: pytest.CaptureFixture) -> None:
     argv = shlex.split(command)
     assert argv[0] in COMMANDS, f"README runs an unknown command: vidiff {command}"
     try:

@@ -53,6 +53,12 @@ examples:
       pick the cheapest memory controls predicted to fit 8 GiB, and say which
   vidiff generate --image photo.png --output again.mp4 --settings clip.mp4.json
       repeat a run from its sidecar (options given on the command line win)
+  vidiff generate --image photo.png --output long.mp4 --num-frames 120
+      a video longer than the model's clip (--long-mode chain|keyframes|fifo; memory of one window)
+  vidiff generate --image a.png --end-image b.png --output ab.mp4
+      a clip that starts on one image and ends on the other
+  torchrun --nproc-per-node 2 -m vidiff.cli.main generate --image photo.png --output clip.mp4 --parallel frames
+      one video split over 2 processes (or GPUs); the frames of one process
 """
 
 
