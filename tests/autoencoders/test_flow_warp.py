@@ -79,3 +79,33 @@ def test_decode_errors_name_the_problem(photo: torch.Tensor) -> None:
         ae.decode(torch.zeros(1, 2, 2, 8, 8), reference=photo)
     with pytest.raises(ValueError, match="multiples of 8"):
         ae.encode_flow(torch.zeros(1, 2, 30, 32))
+
+
+def test_decode_between_draws_the_revealed_strip_from_the_end_image() -> None:
+    """A camera pan of 16 px between two crops of a real photo, decoded from its exact flows: frame 0 is the
+    start crop and the last the end crop, exactly; in between, the strip the pan reveals at the right edge
+    (outside the start crop) comes from the end crop, where warping the start image alone can only mirror it."""
+    pan, t = 16, 5
+    big = PIL.Image.open(PHOTO).convert("RGB").resize((128 + pan, 96), PIL.Image.LANCZOS)
+    big = torch.from_numpy(np.asarray(big, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    start, end = big[..., :128], big[..., pan:]
+    ae = FlowWarpAutoencoder(FlowWarpConfig(patch_size=8))
+    shifts = torch.arange(t, dtype=torch.float32) * pan / (t - 1)  # 0, 4, 8, 12, 16 px: frame i = big[..., s_i:]
+    z = torch.stack([ae.encode_flow(torch.zeros(1, 2, 96, 128) + torch.tensor([s, 0.0]).view(1, 2, 1, 1))
+                     for s in shifts], 1)
+    weights = torch.linspace(0, 1, t)
+    both = ae.decode_between(z, start, end, z[:, -1], weights)[0]
+    alone = ae.decode(z, reference=start)[0]
+    # the given images (identity sampling: exact up to the float rounding of the sample grid)
+    torch.testing.assert_close(both[0], start[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[-1], end[0], atol=1e-5, rtol=0)
+    for i in (2, 3):  # frames shifted 8 and 12 px: their last 8 / 12 columns are outside the start crop
+        s = int(shifts[i])
+        truth = big[0, :, :, s:s + 128]
+        strip = slice(128 - s, 128)
+        err_both = (both[i][..., strip] - truth[..., strip]).abs().max().item()
+        err_alone = (alone[i][..., strip] - truth[..., strip]).abs().mean().item()
+        assert err_both < 1e-4, (i, err_both)  # the end crop holds those pixels: exact
+        assert err_alone > 0.05, (i, err_alone)  # a mirror of the start crop is not the photo there
+        # inside both crops the two warps show the same pixels, so the blend is the photo everywhere
+        assert (both[i] - truth).abs().max().item() < 1e-4

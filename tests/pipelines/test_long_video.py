@@ -120,7 +120,8 @@ def test_cli_bad_long_inputs_are_refused(tmp_path: Path) -> None:
 
 def test_end_image_is_reached(pipe: ImageToVideoPipeline) -> None:
     """A first-and-last-frame clip over a known 8-pixel pan ends on the end image (the flow-warp model holds
-    the end frame's flow to the start image) and starts on the start image."""
+    the end frame's flow to the start image and draws the frames from both images) and starts on the start
+    image."""
     from vidiff.cli.generate_long import end_latent
 
     big = PIL.Image.open(PHOTO).convert("RGB").resize((112, 104), PIL.Image.LANCZOS)
@@ -136,5 +137,7 @@ def test_end_image_is_reached(pipe: ImageToVideoPipeline) -> None:
     def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
         return -10 * torch.log10(((a - b) ** 2).mean()).item()
 
-    assert psnr(video[-1], end) > 25 and psnr(video[0], start) > 40
-    assert psnr(video[-1], end) > psnr(video[-1], start) + 3  # the pan happened
+    assert psnr(video[0], start) > 40
+    # the end image itself, within one 8-bit level (warping the start image alone reached 25-28 dB here: the
+    # strip the pan reveals is not in the start image)
+    assert (video[-1] - end).abs().max().item() <= 1 / 255 + 1e-6

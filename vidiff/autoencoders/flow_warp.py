@@ -110,9 +110,47 @@ class FlowWarpAutoencoder(PatchAutoencoder):
         frames = warp(ref, flow, padding_mode=self.config.padding_mode)
         return frames.unflatten(0, (b, t))
 
+    def decode_between(self, z: torch.Tensor, reference: torch.Tensor, end_reference: torch.Tensor,
+                       end_z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Flow latents ``(B, T, 2, h, w)`` of a clip that ends on a given image -> frames drawn from both ends.
+
+        The end image is the start image warped by the end latent's flow ``f_end``, so frame ``t`` is also
+        the end image warped by ``f_t − f_end`` (the flows are linear in the latents; exact for pans and where
+        ``f_end`` is smooth). Each frame blends the two warps with ``weights (T,)`` toward the end (``w_t``, as
+        TRF weighs the two directions) and counts a reference only where its sample point lies inside it: the
+        strip a camera move reveals comes from the image that shows it. ``w = 0`` on an unmoved frame gives
+        the start image, ``w = 1`` on ``z_t = end_z`` the end image (both up to the sample grid's rounding).
+        """
+        b, t, _, h, w = z.shape
+        size = (h * self.config.patch_size, w * self.config.patch_size)
+        frames, inside = [], []
+        for ref, lat in ((reference, z), (end_reference, z - end_z.reshape(b, 1, *z.shape[2:]))):
+            flow = self.decode_flow(lat.flatten(0, 1), size)  # (B·T, 2, H, W)
+            frames.append(warp(ref.float().repeat_interleave(t, dim=0), flow, padding_mode=self.config.padding_mode))
+            inside.append(_inside(flow))
+        wt = weights.to(z.device, torch.float32).view(1, t).expand(b, t).reshape(-1, 1, 1, 1)
+        a, e = (1 - wt) * inside[0], wt * inside[1]
+        neither = (a + e) == 0  # both sample points outside: the plain blend
+        a, e = torch.where(neither, 1 - wt, a), torch.where(neither, wt, e)
+        return ((a * frames[0] + e * frames[1]) / (a + e)).unflatten(0, (b, t))
+
+    def decode_latents_between(self, z: torch.Tensor, reference: torch.Tensor, end_reference: torch.Tensor,
+                               end_z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode_between` for latents produced by diffusion (both divided by the scaling factor)."""
+        return self.decode_between(z / self.scaling_factor, reference, end_reference, end_z / self.scaling_factor,
+                                   weights)
+
     def decode_latents(self, z: torch.Tensor, chunk_size: int | None = None, overlap: int = 0, *,
                        tiled: bool = False, progress: bool = False,
                        reference: torch.Tensor | None = None) -> torch.Tensor:
         """``decode(z / scaling_factor, reference=...)`` for latents produced by diffusion."""
         return self.decode(z / self.scaling_factor, chunk_size, overlap, tiled=tiled, progress=progress,
                            reference=reference)
+
+
+def _inside(flow: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, H, W)``: 1 where the backward warp by ``flow (N, 2, H, W)`` samples inside the image, else 0."""
+    h, w = flow.shape[-2:]
+    x = torch.arange(w, device=flow.device, dtype=flow.dtype) + flow[:, 0]
+    y = torch.arange(h, device=flow.device, dtype=flow.dtype).view(h, 1) + flow[:, 1]
+    return ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).unsqueeze(1).to(flow.dtype)

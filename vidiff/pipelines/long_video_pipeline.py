@@ -174,7 +174,7 @@ def generate_long_video(
     shape = (1, pipe.unet.config.out_channels, s.height // f, s.width // f)
     if getattr(pipe.vae, "zero_first_latent", False):
         known[0] = torch.zeros(shape, device=pipe.device)
-    end_cond = None
+    end_cond = end = None
     if end_image is not None:
         end = _at_size(_images(end_image)[0], s.height, s.width)
         if not reference:
@@ -190,7 +190,10 @@ def generate_long_video(
         shape=shape, window=window, sampler=s.sampler, generator=generator, known=known,
         callback=lambda info: steps.update(1), device=pipe.device)
     bar = tqdm(total=num_frames, disable=not progress, desc=f"{mode} frames", unit="frame")
-    decode = _Decoder(pipe, s, plan, resized if reference else None, on_frames, window)
+    # a warped-reference VAE draws the frames of a clip with a held end image from both images (decode_between)
+    ends = (end, known[num_frames - 1], num_frames) if reference and end is not None and end_latent is not None \
+        else None
+    decode = _Decoder(pipe, s, plan, resized if reference else None, on_frames, window, end=ends)
     with on_device(pipe.unet, pipe.device, pipe._offload), pipe.unet_chunking(plan.attention_chunk):
         for first_index, latents in generate_latents(model, num_frames, mode, overlap=overlap,
                                                      match_stats=match_stats, partitions=partitions):
@@ -211,9 +214,11 @@ class _Decoder:
     temporal decoder (their frames are dropped), and passes the 8-bit frames on."""
 
     def __init__(self, pipe: ImageToVideoPipeline, s: GenerationSettings, plan: Any,
-                 reference: torch.Tensor | None, sink: FrameSink, window: int, context: int = 2) -> None:
+                 reference: torch.Tensor | None, sink: FrameSink, window: int, context: int = 2,
+                 end: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> None:
         self.pipe, self.s, self.plan, self.reference, self.sink = pipe, s, plan, reference, sink
         self.window, self.context = window, context
+        self.end = end  # (end image, its held latent, frames in the video): decode from both ends
         self.pending: list[torch.Tensor] = []
         self.previous: torch.Tensor | None = None
         self.count = 0
@@ -230,7 +235,16 @@ class _Decoder:
             return
         z = torch.cat(self.pending, 1)
         ctx = self.previous[:, -self.context:] if self.previous is not None else z[:, :0]
-        video = self.pipe._decode(torch.cat([ctx, z], 1), self.s, self.plan, False, self.reference)
+        if self.end is None:
+            video = self.pipe._decode(torch.cat([ctx, z], 1), self.s, self.plan, False, self.reference)
+        else:  # frame i leans toward the end image by i / (N − 1)
+            image, latent, n = self.end
+            first = self.count - ctx.shape[1]
+            weights = torch.arange(first, first + ctx.shape[1] + z.shape[1], dtype=torch.float64) / max(n - 1, 1)
+            device = self.pipe.device
+            with on_device(self.pipe.vae, device, self.pipe._offload):
+                video = self.pipe.vae.decode_latents_between(torch.cat([ctx, z], 1).float(), self.reference.to(device),
+                                                             image.to(device), latent.float(), weights)
         frames = ((video[0, ctx.shape[1]:].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         self.sink(frames)
         self.count += z.shape[1]
