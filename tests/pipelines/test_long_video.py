@@ -141,3 +141,42 @@ def test_end_image_is_reached(pipe: ImageToVideoPipeline) -> None:
     # the end image itself, within one 8-bit level (warping the start image alone reached 25-28 dB here: the
     # strip the pan reveals is not in the start image)
     assert (video[-1] - end).abs().max().item() <= 1 / 255 + 1e-6
+    # the frames between go the pan's way all along (they start on the line between the held ends: without
+    # that, the frame before the last stayed near the start, 12.5 dB from the end, and jumped onto it)
+    assert psnr(video[-2], end) > psnr(video[-2], start)
+    from vidiff.metrics.flow import estimate_flow
+
+    steps = estimate_flow(video[:-1], video[1:])[:, 0].mean(dim=(1, 2))  # x flow of each step
+    assert (steps < 0).all(), steps  # the end crop lies 8 px to the right: content moves left
+
+
+def test_a_window_holding_both_ends_starts_on_the_line_between_them() -> None:
+    """``bridge_sigma``: the free frames of a window whose two ends are held start at ``lerp(a, b, t) + σ_b·ε``
+    and are sampled from ``σ_b`` down. With a denoiser that returns its input (so the sampler moves nothing),
+    the frames come out as that start: on the line, within a few ``σ_b``; from pure noise they are not."""
+    from vidiff.diffusion import karras_sigmas
+    from vidiff.pipelines.long_video import WindowModel, sample_window
+
+    levels: list[torch.Tensor] = []
+
+    def identity(x: torch.Tensor, sigma: torch.Tensor, cond: object) -> torch.Tensor:
+        levels.append(sigma.detach().clone())
+        return x
+
+    a, b = torch.zeros(1, 2, 4, 4), torch.full((1, 2, 4, 4), 3.0)
+    frames = [0, 2, 4, 6, 8]
+    line = torch.stack([torch.lerp(a, b, f / 8) for f in frames], 1)
+    for bridge in (0.01, None):
+        levels.clear()
+        model = WindowModel(denoiser=identity, cond=lambda f: None, sigmas=karras_sigmas(6, 0.002, 40.0, 7.0),
+                            shape=(1, 2, 4, 4), window=5, generator=torch.Generator().manual_seed(0),
+                            bridge_sigma=bridge)
+        x = sample_window(model, frames, {0: a, 4: b})
+        assert torch.equal(x[:, 0], a) and torch.equal(x[:, -1], b)  # the held ends
+        off = (x - line).abs().max().item()
+        if bridge is not None:
+            assert off < 6 * bridge, off
+            assert levels[0][0, 1].item() == pytest.approx(bridge)  # the first level of a free frame
+        else:
+            assert off > 10, off  # pure noise at sigma_max = 40
+            assert levels[0][0, 1].item() == pytest.approx(40.0)

@@ -65,6 +65,12 @@ class WindowModel:
     callback: Callable[[dict[str, Any]], Any] | None = None
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
+    bridge_sigma: float | None = None
+
+    # ``bridge_sigma``: a window whose first and last frames are both held starts its other frames on the
+    # straight line between those two latents, noised to this level (SDEdit, Meng et al. 2022), and samples
+    # from there down, instead of from pure noise. For latents that are motion (flows to the first frame) the
+    # line is uniform motion from one end to the other and the model puts its own on it. None: pure noise.
 
     def noise(self, frames: int) -> Tensor:
         b, c, h, w = self.shape
@@ -109,10 +115,19 @@ def sample_window(model: WindowModel, frames: Sequence[int], held: dict[int, Ten
         if f in model.known:
             held[j] = model.known[f]
     t = len(frames)
-    x = model.noise(t) * float(initial_noise_scale(model.sigmas.double()))
+    sigmas = model.sigmas
+    bridge = model.bridge_sigma is not None and t > 2 and 0 in held and t - 1 in held
+    if bridge:  # SDEdit from the line between the two held ends: the schedule from bridge_sigma down
+        sigmas = torch.cat([sigmas.new_tensor([model.bridge_sigma]), sigmas[sigmas < model.bridge_sigma]])
+    scale = float(sigmas[0]) if bridge else float(initial_noise_scale(sigmas.double()))
+    x = model.noise(t) * scale
+    if bridge:
+        a, b = held[0].to(x), held[t - 1].to(x)
+        for j in range(1, t - 1):
+            x[:, j] += torch.lerp(a, b, (frames[j] - frames[0]) / (frames[-1] - frames[0]))
     for j, lat in held.items():
-        x[:, j] = lat.to(x) + model.hold_sigma * x[:, j] / float(initial_noise_scale(model.sigmas.double()))
-    s = schedule_matrix(model.sigmas, t, list(held), model.hold_sigma).to(model.device)
+        x[:, j] = lat.to(x) + model.hold_sigma * x[:, j] / scale
+    s = schedule_matrix(sigmas, t, list(held), model.hold_sigma).to(model.device)
     back = model.reverse_cond(frames[::-1]) if bidirectional and model.reverse_cond is not None else None
     if back is not None:
         denoiser, cond = BidirectionalDenoiser(model.denoiser), (model.cond(frames), back)

@@ -37,6 +37,12 @@ FrameSink = Callable[[torch.Tensor], None]
 
 DEFAULT_LONG_MODE = "fifo"  # lowest seam ratio on the bundled model in every run (README, "Long videos")
 DEFAULT_OVERLAP = 4
+# A warped-reference model cannot be conditioned on an end image, only hold its latent: from pure noise its
+# frames ignored the held end and jumped onto it at the last step (largest step 3.6-5.1x the median, 5-6 of 13
+# steps along a 12-px pan). Its windows holding both ends start on the line between them at this level instead
+# (long_video.WindowModel.bridge_sigma): at 0.3 every step goes the pan's way and the largest is 1.3-2.0x the
+# median (astronaut, coins, chelsea, motorcycle_left; seeds 0, 1); 1.0 let the jump back (up to 3.7x).
+END_BRIDGE_SIGMA = 0.3
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ def generate_long_video(
     end_latent: torch.Tensor | None = None, settings: GenerationSettings | None = None,
     generator: torch.Generator | None = None, progress: bool = True, offload: str | None = None,
     max_memory: str | int | None = None, vae_tiling: bool = False, attention_chunk: int | None = None,
-    partitions: int = 1, match_stats: bool = True,
+    partitions: int = 1, match_stats: bool = True, bridge_sigma: float | None = END_BRIDGE_SIGMA,
 ) -> LongVideoResult:
     """Generate ``num_frames`` frames from one image, window by window; frames ``(n, 3, H, W)`` uint8 go to
     ``on_frames`` in order as they are final. ``settings`` are those of one window (the model's clip length
@@ -188,7 +194,8 @@ def generate_long_video(
         denoiser=_denoiser(pipe, s), cond=conds.forward, reverse_cond=conds.reverse,
         sigmas=karras_sigmas(s.num_inference_steps, pipe.sigma_min, pipe.sigma_max, pipe.family.rho),
         shape=shape, window=window, sampler=s.sampler, generator=generator, known=known,
-        callback=lambda info: steps.update(1), device=pipe.device)
+        callback=lambda info: steps.update(1), device=pipe.device,
+        bridge_sigma=bridge_sigma if reference and end_latent is not None else None)
     bar = tqdm(total=num_frames, disable=not progress, desc=f"{mode} frames", unit="frame")
     # a warped-reference VAE draws the frames of a clip with a held end image from both images (decode_between)
     ends = (end, known[num_frames - 1], num_frames) if reference and end is not None and end_latent is not None \
@@ -205,7 +212,8 @@ def generate_long_video(
     record = {"long_mode": mode, "num_frames": num_frames, "window": window,
               **({"overlap": overlap} if mode == "chain" else {}),
               **({"partitions": partitions} if mode == "fifo" else {}),
-              **plan_indices(mode, num_frames, window, overlap), "end_frame_held": end_latent is not None}
+              **plan_indices(mode, num_frames, window, overlap), "end_frame_held": end_latent is not None,
+              **({"bridge_sigma": model.bridge_sigma} if model.bridge_sigma is not None else {})}
     return LongVideoResult(num_frames, s, mode, record, pipe.run_record(plan), time.perf_counter() - start_time)
 
 
