@@ -12,7 +12,8 @@ method, seed and motion bucket (0 and 255), a ``--frames``-frame video from a he
 * **memory and time**: peak RSS of a fresh process generating 28 and ``--frames`` frames (≤ 1.2×), seconds
   per frame;
 * **end image**: a clip from a crop of the photo to the crop shifted by ``--pan`` pixels (a camera pan):
-  PSNR of the last frame against the end image (≥ 25 dB) and the sign of the in-between flow.
+  PSNR of the last frame against the end image (≥ 25 dB), the sign of the in-between flow, how many of the
+  steps go the pan's way, and the clip's seam ratio (a jump onto the end frame shows there).
 
     python benchmarks/long_video.py [--frames 120] [--seeds 0 1 2] [--steps 10] [--photo coffee.png]
         [--json FILE]
@@ -110,10 +111,12 @@ def end_image_check(pipe: ImageToVideoPipeline, name: str, pan: int, steps: int)
     generate_long_video(pipe, start_img, 14, chunks.append, mode="keyframes", end_image=end, end_latent=latent,
                         settings=s, progress=False)
     video = torch.cat(chunks).float() / 255
-    between = estimate_flow(video[:-1], video[1:])[:, 0].mean().item()  # x flow of consecutive frames
+    steps = estimate_flow(video[:-1], video[1:])[:, 0].mean(dim=(1, 2))  # x flow of each consecutive pair
     true = estimate_flow(start[None], end[None])[:, 0].mean().item()
     return {"psnr_last_end": psnr(video[-1], end), "psnr_first_start": psnr(video[0], start),
-            "flow_x_between": between, "flow_x_true": true, "same_direction": bool(between * true > 0)}
+            "flow_x_between": steps.mean().item(), "flow_x_true": true,
+            "same_direction": bool(steps.mean().item() * true > 0),
+            "steps_along_pan": int((steps * true > 0).sum()), "steps": len(steps), "seam_ratio": seam_ratio(video)}
 
 
 def main() -> None:
