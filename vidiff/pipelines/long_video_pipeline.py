@@ -9,7 +9,9 @@ First-and-last-frame video: ``end_image`` (or its latent, ``end_latent``) is hel
 windows that end on it are denoised in both directions (forward conditioned on the start image, reversed
 on the end image: :class:`~vidiff.pipelines.long_video.BidirectionalDenoiser`). A model whose VAE decodes by
 warping the start image (``reference_conditioned``) cannot be conditioned on another image, so there the end
-frame is held only (its latent is its flow to the start image, which the caller provides).
+frame is held (its latent is its flow to the start image, which the caller provides), the windows holding both
+ends start on the line between them (``bridge_sigma``), and the frames are decoded from both images
+(``FlowWarpAutoencoder.decode_between``).
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ def generate_long_video(
 ) -> LongVideoResult:
     """Generate ``num_frames`` frames from one image, window by window; frames ``(n, 3, H, W)`` uint8 go to
     ``on_frames`` in order as they are final. ``settings`` are those of one window (the model's clip length
-    unless ``settings.num_frames`` says otherwise); ``mode`` one of ``chain``, ``keyframes``, ``fifo``."""
+    unless ``settings.num_frames`` says otherwise); ``mode`` one of ``chain``, ``keyframes``, ``fifo``.
+    ``bridge_sigma``: with a held end frame on a warped-reference model, the level at which windows holding both
+    ends start on the line between them (None: from pure noise; see ``END_BRIDGE_SIGMA``)."""
     start_time = time.perf_counter()
     images = _images(image)
     if len(images) != 1:
