@@ -180,3 +180,23 @@ def test_a_window_holding_both_ends_starts_on_the_line_between_them() -> None:
         else:
             assert off > 10, off  # pure noise at sigma_max = 40
             assert levels[0][0, 1].item() == pytest.approx(40.0)
+
+
+def test_an_svd_layout_model_ends_on_its_end_image_without_the_bridge(tiny_svd_folder: Path) -> None:
+    """A model with a KL VAE (diffusers' tiny SVD layout, CLIP included) is conditioned on the end image itself
+    (time-reversed windows, TRF): its end latent is the VAE's encoding of the image, nothing is bridged, and the
+    last frame decodes near the end image, not near the start (a ramp and its mirror, far apart)."""
+    pipe = ImageToVideoPipeline.from_pretrained(str(tiny_svd_folder))
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 64).expand(3, 64, 64).contiguous()
+    start, end = ramp, ramp.flip(-1)
+    runs: list[torch.Tensor] = []
+    s = GenerationSettings(num_inference_steps=2, num_frames=5, height=64, width=64)
+    result = generate_long_video(pipe, start, 5, runs.append, mode="keyframes", end_image=end, settings=s,
+                                 progress=False)
+    video = torch.cat(runs).float() / 255
+    assert video.shape == (5, 3, 64, 64) and result.record["end_frame_held"]
+    assert "bridge_sigma" not in result.record
+    with torch.no_grad():  # what the held end latent decodes to alone: the VAE's round trip of the end image
+        alone = (pipe.vae.decode_latents(pipe._image_latents(end[None] * 2 - 1)[:, None].float()) / 2 + 0.5)
+    alone = alone[0, 0].clamp(0, 1)
+    assert (video[-1] - alone).abs().mean() < (video[-1] - start).abs().mean()
