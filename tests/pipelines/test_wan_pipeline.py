@@ -239,6 +239,8 @@ def test_cli_generate_prompt_writes_the_pipeline_video(wan_folder, tmp_path) -> 
     sidecar = json.loads((out / "settings.json").read_text())
     assert sidecar["flow_shift"] == 3.0
     assert sidecar["max_memory"] == "8GiB" and "decode_chunk_size=all" in sidecar["memory_plan"]  # roomy: fastest
+    cuda = torch.cuda.is_available()  # --device auto: CUDA where there is one, and bfloat16 there
+    assert (sidecar["device"], sidecar["dtype"]) == (("cuda", "bfloat16") if cuda else ("cpu", "float32"))
 
 
 def test_cli_generate_prompt_parallel_writes_the_one_process_video(wan_folder, tmp_path) -> None:
@@ -271,6 +273,7 @@ def test_cli_generate_prompt_parallel_writes_the_one_process_video(wan_folder, t
     (["--model", "BUNDLED"], "not a text-to-video model"),
     (["--model", "NO_TEXT"], "has no text encoder"),
     (["--model", "SINGLE", "--vae", "OTHER_VAE"], "not of the same Wan version"),
+    (["--device", "cuda:99"], "CUDA device"),  # --device is honoured (it was ignored: every run on the CPU)
 ])
 def test_cli_bad_prompt_requests_exit_2(wan_folder, tmp_path, capsys, extra, message) -> None:
     paths = {"BUNDLED": str(bundled_model_path()), "NO_TEXT": str(tmp_path / "no_text"),
@@ -348,3 +351,17 @@ def test_cli_convert_wan_between_layouts(wan_folder, tmp_path, capsys) -> None:
     before = single.read_bytes()
     assert main(["convert", str(back), str(single), "--to", "single-file"]) == 2  # exists, no --overwrite
     assert "already exists" in capsys.readouterr().err and single.read_bytes() == before
+
+
+def test_the_pipeline_moves_every_component(wan_folder) -> None:
+    """``pipe.to(device)``: transformer, VAE and text encoder together (the CLI's ``--device``), each keeping its
+    dtype; a CUDA device on a machine without one is a ValueError naming it."""
+    pipe = load_wan_pipeline(wan_folder, dtype=torch.bfloat16)
+    assert pipe.to("cpu") is pipe and pipe.device == torch.device("cpu")
+    modules = {"transformer": pipe.transformer, "vae": pipe.vae, "text": pipe.text.text_encoder}
+    assert {p.device.type for m in modules.values() for p in m.parameters()} == {"cpu"}
+    assert next(pipe.transformer.parameters()).dtype == torch.bfloat16
+    assert next(pipe.vae.parameters()).dtype == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            pipe.to("cuda")

@@ -114,7 +114,9 @@ def run_text(args: argparse.Namespace) -> int:
     """Generate from ``--prompt``; prints the output path and the seconds taken."""
     model, output = _check_cheap(args)
     post = postprocess_config(args)
-    check_parallel(args, "cpu")  # joins the process group under torchrun --parallel
+    from vidiff.cli.generate import resolve_device
+
+    device = check_parallel(args, resolve_device(args.device))  # joins the process group under --parallel
 
     import torch
 
@@ -124,10 +126,12 @@ def run_text(args: argparse.Namespace) -> int:
     if not is_wan_checkpoint(model):
         raise CLIError(f"--model {model} is not a text-to-video model with a text encoder (a Wan 2.x diffusers "
                        "folder): --prompt cannot be used with it")
-    dtype = getattr(torch, args.dtype or "float32")
+    # the transformers in --dtype (bfloat16 on CUDA by default, as Wan's releases run); the VAE and the
+    # encoders stay as loaded (float32)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     try:
-        pipe = load_wan_pipeline(model, vae=args.vae, dtype=dtype)
-    except (CheckpointError, OSError) as e:
+        pipe = load_wan_pipeline(model, vae=args.vae, dtype=dtype).to(device)
+    except (CheckpointError, OSError, ValueError) as e:
         raise CLIError(" ".join(str(e).split())) from None
     if pipe.text is None:
         raise CLIError(f"--model {model} has no text encoder (text_encoder/ and tokenizer/): --prompt needs one")
@@ -160,6 +164,7 @@ def run_text(args: argparse.Namespace) -> int:
     path = write_video(video, output, fps=_value(args, "fps"))
     sidecar = path / "settings.json" if video_format_for(output) == "png" else path.with_name(path.name + ".json")
     write_json_atomic({**settings, "seed": seed, "flow_shift": pipe.flow_shift, "model": str(model),
+                       "device": device, "dtype": str(dtype).removeprefix("torch."),
                        "fps": _value(args, "fps"), "max_memory": args.max_memory,
                        "memory_plan": result.memory_plan.describe(),
                        "decode_chunk_size": result.memory_plan.decode_chunk_size, **parallel_record(layout, pipe),

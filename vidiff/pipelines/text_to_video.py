@@ -39,6 +39,7 @@ from vidiff.pipelines.memory import (
     plan_for_budget,
 )
 from vidiff.pipelines.offload import device_memory
+from vidiff.utils import randn
 
 __all__ = ["SAMPLERS", "TextToVideoOutput", "TextToVideoPipeline", "check_num_frames"]
 
@@ -128,6 +129,19 @@ class TextToVideoPipeline:
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
+
+    def to(self, device: str | torch.device) -> TextToVideoPipeline:
+        """Move every component (transformers, VAE, text and image encoders) to ``device``, each keeping its
+        dtype; returns the pipeline. ValueError for a CUDA device on a machine without one."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device} asked for, but this machine has no CUDA device")
+        modules = [self.transformer, self.transformer_2, self.vae, self.image_encoder,
+                   None if self.text is None else self.text.text_encoder]
+        for module in modules:
+            if module is not None:
+                module.to(device)
+        return self
 
     def _check(self, height: int, width: int, num_frames: int, image: Any) -> None:
         check_num_frames(num_frames, self.vae.config.temporal_factor)
@@ -265,7 +279,8 @@ class TextToVideoPipeline:
         f, s = self.vae.config.temporal_factor, self.vae.config.spatial_factor
         shape = (batch, self.vae.config.z_dim, (num_frames - 1) // f + 1, height // s, width // s)
         if latents is None:
-            latents = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+            # drawn on the generator's device (a CPU generator on the CPU), then moved: one seed, one video
+            latents = randn(shape, generator, device=self.device, dtype=torch.float32)
         x = latents.to(self.device, torch.float32).transpose(1, 2)  # (B, t, C, h, w)
 
         denoiser = self._denoiser(self.transformer, uncond, guidance_scale, first)
