@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidiff.autoencoders.blocks import GROUPS, Downsample, ResnetBlock2D, SelfAttention2D
+from vidiff.utils import randn
 
 
 class DiagonalGaussian:
@@ -26,7 +27,8 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """``mean + std·ε`` (the reparameterisation trick, Kingma & Welling 2014, eq. 10)."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        # on the generator's device, then moved: a CPU generator serves a CUDA VAE (diffusers' randn_tensor)
+        eps = randn(self.mean.shape, generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * eps
 
     def kl(self) -> torch.Tensor:
