@@ -23,17 +23,17 @@ def test_report_counts_the_calls_of_one_generation(tmp_path: Path, capsys: pytes
     report = json.loads(out.read_text())
     # Euler: one network call per step; with guidance the conditional and unconditional halves are one
     # batch of 2 (the bundled model guides not at all by default: a batch of 1)
-    assert report["unet_calls_per_video"] == steps and [r["unet_calls"] for r in report["runs"]] == [steps] * 2
-    assert report["unet_batch"] == (2 if guidance else 1)
+    assert report["network_calls_per_video"] == steps and [r["network_calls"] for r in report["runs"]] == [steps] * 2
+    assert report["network_batch"] == (2 if guidance else 1)
     assert report["repeats"] == 2 and report["first_video_s"] > 0
     s = report["settings"]
     assert (s["num_frames"], s["height"], s["width"], s["num_inference_steps"]) == (4, 64, 64, steps)
     for r in report["runs"]:  # the phases are parts of the video's wall time
-        assert r["unet_s"] > 0 and r["decode_s"] > 0 and r["unet_s"] + r["decode_s"] <= r["video_s"]
+        assert r["network_s"] > 0 and r["decode_s"] > 0 and r["network_s"] + r["decode_s"] <= r["video_s"]
     assert report["frames_per_s"] == pytest.approx(4 / report["video_s"])
     assert report["peak_memory_bytes"] > 10 * 2**20  # the model alone is 10.6 MB on disk
     printed = capsys.readouterr().out
-    assert f"{steps} calls of batch {report['unet_batch']}" in printed and "VAE decode" in printed
+    assert f"{steps} calls of batch {report['network_batch']}" in printed and "VAE decode" in printed
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -365,3 +365,21 @@ def test_the_pipeline_moves_every_component(wan_folder) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             pipe.to("cuda")
+
+
+def test_bench_times_the_transformer_calls_of_a_prompt_run(wan_folder, tmp_path, capsys) -> None:
+    """``vidiff bench --prompt``: a guided Wan run of 2 flow-matching Euler steps makes 2 transformer calls on
+    batches of 2 (conditional and unconditional together), and the causal VAE decodes once per video."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--prompt", "a cat runs", "--model", str(wan_folder), "--height", "16", "--width", "32",
+                 "--num-frames", "9", "--steps", "2", "--guidance-scale", "2", "--repeats", "1", "--warmup", "0",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["network"] == "transformer" and report["settings"]["prompt"] == "a cat runs"
+    assert (report["network_calls_per_video"], report["network_batch"]) == (2, 2)
+    assert report["frames_per_s"] == pytest.approx(9 / report["video_s"])
+    run = report["runs"][0]
+    assert run["network_s"] > 0 and run["decode_s"] > 0 and run["network_s"] + run["decode_s"] <= run["video_s"]
+    assert "2 calls of batch 2" in capsys.readouterr().out
+    assert main(["bench", "--prompt", "a cat", "--model", str(wan_folder), "--offload", "model"]) == 2
+    assert "not available for Wan models" in capsys.readouterr().err

@@ -1,10 +1,11 @@
 """``vidiff bench``: how fast and how big one generation is on this machine, phase by phase.
 
-Loads a model once, generates ``--warmup`` videos that are not counted (the first call pays one-off costs:
-allocator growth, kernel selection, ``--compile``), then ``--repeats`` measured ones with the same settings,
-and reports per video the median wall time and where it goes: the UNet (every network call, timed from
-forward hooks), the VAE decode, and the rest (image conditioning, sampler arithmetic). Peak memory is the
-device's peak allocation on CUDA, the process's peak resident set on the CPU. On CUDA every timed edge
+Image-to-video models (default: the bundled one), or a Wan model with ``--prompt``. Loads a model once,
+generates ``--warmup`` videos that are not counted (the first call pays one-off costs: allocator growth,
+kernel selection, ``--compile``), then ``--repeats`` measured ones with the same settings, and reports per
+video the median wall time and where it goes: the network (every call of the UNet, or of Wan's transformers,
+timed from forward hooks), the VAE decode, and the rest (conditioning, sampler arithmetic). Peak memory is
+the device's peak allocation on CUDA, the process's peak resident set on the CPU. On CUDA every timed edge
 synchronises the device, so phases add up to the wall time they are part of.
 
 It measures vidiff alone; ``benchmarks/svd_speed.py`` sets it against diffusers on the same weights.
@@ -32,11 +33,14 @@ examples:
       SVD-XT on a GPU with the compiled UNet blocks; the report also goes to xt.json
   vidiff bench --model ~/models/svd-xt --max-memory 8GiB --num-frames 14
       what the controls chosen for an 8 GiB budget cost in time
+  vidiff bench --model Wan2.1-T2V-1.3B-Diffusers --prompt "a cat runs" --device cuda --num-frames 33
+      a Wan text-to-video model: its transformer calls, its causal VAE's decode
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from vidiff.cli.generate import add_device_arguments, add_fast_path_arguments, add_settings_arguments
+    from vidiff.cli.generate_text import add_text_arguments
 
     p = sub.add_parser(
         "bench", help="Time one generation phase by phase (UNet, decode, the rest) and its peak memory.",
@@ -53,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_settings_arguments(p)
     add_device_arguments(p)
     add_fast_path_arguments(p)
+    add_text_arguments(p)
     p.set_defaults(settings=None)  # `generate --settings` replays a sidecar; bench takes options only
 
 
@@ -105,19 +110,27 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"--json {args.json} is a folder: give a file name")
 
 
-def run(args: argparse.Namespace) -> int:
-    _check(args)
-    from vidiff.cli.generate import _settings, fast_path_from_args, resolve_device
+@dataclass
+class Subject:
+    """What is benchmarked: ``generate()`` makes one video and returns ``(frames, settings dict, memory plan)``;
+    ``networks`` are timed by forward hooks, ``decode`` names the method ``(owner, name)`` that decodes."""
 
-    settings = _settings(args)
-    device = resolve_device(args.device)
+    name: str
+    generate: Callable[[], tuple[int, dict[str, Any], str]]
+    networks: list[Any]
+    decode: tuple[Any, str]
+    network_kind: str
 
+
+def _image_subject(args: argparse.Namespace, device: str, dtype: Any) -> tuple[Subject, str]:
+    """The image-to-video pipeline of ``--model`` (default: the bundled one) on ``--image``."""
     import torch
 
-    from vidiff.io.atomic import write_json_atomic
+    from vidiff.cli.generate import _settings, fast_path_from_args
     from vidiff.io.video import ImageError, read_image
     from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_example_path, bundled_model_path
 
+    settings = _settings(args)
     image_path = Path(args.image) if args.image else bundled_example_path()
     try:
         image = read_image(image_path)
@@ -126,47 +139,91 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or bundled_model_path()
     if model is None:
         raise CLIError("no --model given and no bundled model is installed")
-    dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
-    cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    start = time.perf_counter()
     try:
-        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=device,
+        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=dtype, device=device,
                                                     fast_path=fast_path_from_args(args), vae_dtype=torch.float32)
     except (ValueError, OSError) as e:
         raise CLIError(str(e)) from None
+
+    def generate() -> tuple[int, dict[str, Any], str]:
+        result = pipe(image, settings=settings, output_type="pt", progress=False, offload=args.offload,
+                      max_memory=args.max_memory, vae_tiling=args.vae_tiling, attention_chunk=args.attention_chunk)
+        return result.settings.num_frames, result.settings.to_dict(), result.memory_plan.describe()
+
+    return Subject(f"{model} on {image_path}", generate, [pipe.unet], (pipe, "_decode"), "UNet"), str(model)
+
+
+def _text_subject(args: argparse.Namespace, device: str) -> tuple[Subject, str]:
+    """The Wan text-to-video pipeline of ``--model`` with ``--prompt`` (Wan's defaults, as ``generate``)."""
+    import torch
+
+    from vidiff.cli.generate_text import _value, load_text_pipeline, text_settings
+
+    if args.model is None or not Path(args.model).exists():
+        raise CLIError(f"--prompt needs --model: a Wan text-to-video model, got {args.model}")
+    for flag, unset in (("offload", None), ("vae_tiling", False), ("attention_chunk", None)):
+        if getattr(args, flag) != unset:
+            raise CLIError(f"--{flag.replace('_', '-')} is not available for Wan models: use --max-memory")
+    pipe = load_text_pipeline(args, Path(args.model), device)
+    settings, seed = text_settings(args), _value(args, "seed")
+
+    def generate() -> tuple[int, dict[str, Any], str]:
+        result = pipe(**settings, generator=torch.Generator().manual_seed(seed), output_type="pt",
+                      max_memory=args.max_memory)
+        return settings["num_frames"], {**settings, "seed": seed}, result.memory_plan.describe()
+
+    networks = [n for n in (pipe.transformer, pipe.transformer_2) if n is not None]
+    return Subject(f"{args.model}, prompt {args.prompt!r}", generate, networks, (pipe.vae, "decode_latents"),
+                   "transformer"), str(args.model)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    from vidiff.cli.generate import resolve_device
+
+    device = resolve_device(args.device)
+
+    import torch
+
+    from vidiff.io.atomic import write_json_atomic
+
+    cuda = device.startswith("cuda")
+    text = getattr(args, "prompt", None) is not None
+    dtype_name = args.dtype or (("bfloat16" if text else "float16") if cuda else "float32")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    start = time.perf_counter()
+    subject, model = _text_subject(args, device) if text else _image_subject(args, device, getattr(torch, dtype_name))
     load_s = time.perf_counter() - start
 
-    unet, decode = PhaseClock(sync), PhaseClock(sync)
-    pipe.unet.register_forward_pre_hook(lambda m, a: unet.begin(a[0].shape[0]))
-    pipe.unet.register_forward_hook(lambda m, a, out: unet.end())
-    _time_method(pipe, "_decode", decode)
+    network, decode = PhaseClock(sync), PhaseClock(sync)
+    for module in subject.networks:
+        module.register_forward_pre_hook(lambda m, a: network.begin(a[0].shape[0]))
+        module.register_forward_hook(lambda m, a, out: network.end())
+    _time_method(*subject.decode, decode)
 
-    def one() -> tuple[float, Any]:
-        unet.reset()
+    def one() -> tuple[float, tuple[int, dict[str, Any], str]]:
+        network.reset()
         decode.reset()
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         sync()
         t = time.perf_counter()
         try:
-            result = pipe(image, settings=settings, output_type="pt", progress=False, offload=args.offload,
-                          max_memory=args.max_memory, vae_tiling=args.vae_tiling,
-                          attention_chunk=args.attention_chunk)
+            made = subject.generate()
         except ValueError as e:
             raise CLIError(str(e)) from None
         sync()
-        return time.perf_counter() - t, result
+        return time.perf_counter() - t, made
 
     first_s = one()[0] if args.warmup else None
     for _ in range(args.warmup - 1):
         one()
     runs = []
     for _ in range(args.repeats):
-        seconds, result = one()
-        runs.append({"video_s": seconds, "unet_s": unet.seconds, "unet_calls": unet.calls,
-                     "decode_s": decode.seconds, "unet_batch": max(unet.batches, default=0)})
-    report = _report(runs, result, load_s, first_s, model, image_path, device, dtype_name)
+        seconds, made = one()
+        runs.append({"video_s": seconds, "network_s": network.seconds, "network_calls": network.calls,
+                     "decode_s": decode.seconds, "network_batch": max(network.batches, default=0)})
+    report = _report(runs, made, load_s, first_s, model, subject, device, dtype_name)
     report["peak_memory_bytes"] = (torch.cuda.max_memory_allocated(device) if cuda
                                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     report["peak_memory_kind"] = "CUDA allocated (last video)" if cuda else "process resident set (whole run)"
@@ -179,20 +236,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(runs: list[dict[str, Any]], result: Any, load_s: float, first_s: float | None, model: Any,
-            image: Path, device: str, dtype: str) -> dict[str, Any]:
+def _report(runs: list[dict[str, Any]], made: tuple[int, dict[str, Any], str], load_s: float,
+            first_s: float | None, model: str, subject: Subject, device: str, dtype: str) -> dict[str, Any]:
     """The medians over ``runs`` and what was measured."""
-    med = {k: statistics.median(r[k] for r in runs) for k in ("video_s", "unet_s", "decode_s")}
-    s = result.settings
-    calls = runs[-1]["unet_calls"]
+    med = {k: statistics.median(r[k] for r in runs) for k in ("video_s", "network_s", "decode_s")}
+    frames, settings, plan = made
+    calls = runs[-1]["network_calls"]
     return {
-        "model": str(model), "image": str(image), "device": device, "dtype": dtype,
-        "settings": s.to_dict(), "memory_plan": result.memory_plan.describe(),
-        "repeats": len(runs), "load_s": load_s, "first_video_s": first_s,
-        "video_s": med["video_s"], "frames_per_s": s.num_frames / med["video_s"],
-        "unet_s": med["unet_s"], "unet_calls_per_video": calls, "unet_batch": runs[-1]["unet_batch"],
-        "unet_call_s": med["unet_s"] / calls if calls else None,
-        "decode_s": med["decode_s"], "other_s": med["video_s"] - med["unet_s"] - med["decode_s"],
+        "model": model, "subject": subject.name, "network": subject.network_kind, "device": device, "dtype": dtype,
+        "settings": settings, "memory_plan": plan, "repeats": len(runs), "load_s": load_s,
+        "first_video_s": first_s, "video_s": med["video_s"], "frames_per_s": frames / med["video_s"],
+        "network_s": med["network_s"], "network_calls_per_video": calls, "network_batch": runs[-1]["network_batch"],
+        "network_call_s": med["network_s"] / calls if calls else None,
+        "decode_s": med["decode_s"], "other_s": med["video_s"] - med["network_s"] - med["decode_s"],
         "runs": runs,
     }
 
@@ -202,16 +258,16 @@ def _print(r: dict[str, Any]) -> None:
 
     s = r["settings"]
     rows = [
-        ("model", f"{r['model']} ({r['device']}, {r['dtype']})"),
+        ("model", f"{r['subject']} ({r['device']}, {r['dtype']})"),
         ("video", f"{s['num_frames']} frames at {s['width']}x{s['height']}, {s['num_inference_steps']} steps"),
         ("memory plan", r["memory_plan"]),
         ("load", f"{r['load_s']:.2f} s"),
         ("first video", "not run (--warmup 0)" if r["first_video_s"] is None else f"{r['first_video_s']:.2f} s"),
         (f"video (median of {r['repeats']})", f"{r['video_s']:.3f} s = {r['frames_per_s']:.2f} frames/s"),
-        ("  UNet", f"{r['unet_s']:.3f} s: {r['unet_calls_per_video']} calls of batch {r['unet_batch']}"
-         + (f", {r['unet_call_s'] * 1000:.1f} ms each" if r["unet_call_s"] else "")),
+        (f"  {r['network']}", f"{r['network_s']:.3f} s: {r['network_calls_per_video']} calls of batch "
+         f"{r['network_batch']}" + (f", {r['network_call_s'] * 1000:.1f} ms each" if r["network_call_s"] else "")),
         ("  VAE decode", f"{r['decode_s']:.3f} s"),
-        ("  the rest", f"{r['other_s']:.3f} s (image conditioning, sampler)"),
+        ("  the rest", f"{r['other_s']:.3f} s (conditioning, sampler)"),
         ("peak memory", f"{format_bytes(r['peak_memory_bytes'])} ({r['peak_memory_kind']})"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -120,23 +120,7 @@ def run_text(args: argparse.Namespace) -> int:
 
     import torch
 
-    from vidiff.io.weights import CheckpointError
-    from vidiff.pipelines.wan_loading import is_wan_checkpoint, load_wan_pipeline
-
-    if not is_wan_checkpoint(model):
-        raise CLIError(f"--model {model} is not a text-to-video model with a text encoder (a Wan 2.x diffusers "
-                       "folder): --prompt cannot be used with it")
-    # the transformers in --dtype (bfloat16 on CUDA by default, as Wan's releases run); the VAE and the
-    # encoders stay as loaded (float32)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
-    try:
-        pipe = load_wan_pipeline(model, vae=args.vae, dtype=dtype).to(device)
-    except (CheckpointError, OSError, ValueError) as e:
-        raise CLIError(" ".join(str(e).split())) from None
-    if pipe.text is None:
-        raise CLIError(f"--model {model} has no text encoder (text_encoder/ and tokenizer/): --prompt needs one")
-    if args.flow_shift is not None:
-        pipe.flow_shift = args.flow_shift
+    pipe = load_text_pipeline(args, model, device)
     image = None
     if args.image is not None:
         from vidiff.io.video import ImageError, read_image
@@ -145,10 +129,7 @@ def run_text(args: argparse.Namespace) -> int:
             image = read_image(Path(args.image))
         except ImageError as e:
             raise CLIError(f"--image {e}") from None
-    settings = {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
-                "height": _value(args, "height"), "width": _value(args, "width"),
-                "num_frames": _value(args, "num_frames"), "num_inference_steps": _value(args, "num_inference_steps"),
-                "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2}
+    settings = text_settings(args)
     seed = _value(args, "seed")
     layout = _start_parallel(args, pipe, settings)
     start = time.perf_counter()
@@ -164,10 +145,42 @@ def run_text(args: argparse.Namespace) -> int:
     path = write_video(video, output, fps=_value(args, "fps"))
     sidecar = path / "settings.json" if video_format_for(output) == "png" else path.with_name(path.name + ".json")
     write_json_atomic({**settings, "seed": seed, "flow_shift": pipe.flow_shift, "model": str(model),
-                       "device": device, "dtype": str(dtype).removeprefix("torch."),
+                       "device": device, "dtype": str(next(pipe.transformer.parameters()).dtype).removeprefix("torch."),
                        "fps": _value(args, "fps"), "max_memory": args.max_memory,
                        "memory_plan": result.memory_plan.describe(),
                        "decode_chunk_size": result.memory_plan.decode_chunk_size, **parallel_record(layout, pipe),
                        **post_record}, sidecar)
     print(f"{path} ({seconds:.1f} s)")
     return 0
+
+
+def text_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's arguments from the command's options (Wan's defaults for those not given)."""
+    return {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
+            "height": _value(args, "height"), "width": _value(args, "width"),
+            "num_frames": _value(args, "num_frames"), "num_inference_steps": _value(args, "num_inference_steps"),
+            "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2}
+
+
+def load_text_pipeline(args: argparse.Namespace, model: Path, device: str) -> Any:
+    """The Wan pipeline of ``--model`` (``--vae``, ``--flow-shift``) on ``device``; the transformers in
+    ``--dtype`` (bfloat16 on CUDA by default, as Wan's releases run), the VAE and the encoders as loaded
+    (float32). A model that cannot take a prompt is a one-line ``CLIError``."""
+    import torch
+
+    from vidiff.io.weights import CheckpointError
+    from vidiff.pipelines.wan_loading import is_wan_checkpoint, load_wan_pipeline
+
+    if not is_wan_checkpoint(model):
+        raise CLIError(f"--model {model} is not a text-to-video model with a text encoder (a Wan 2.x diffusers "
+                       "folder): --prompt cannot be used with it")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    try:
+        pipe = load_wan_pipeline(model, vae=args.vae, dtype=dtype).to(device)
+    except (CheckpointError, OSError, ValueError) as e:
+        raise CLIError(" ".join(str(e).split())) from None
+    if pipe.text is None:
+        raise CLIError(f"--model {model} has no text encoder (text_encoder/ and tokenizer/): --prompt needs one")
+    if args.flow_shift is not None:
+        pipe.flow_shift = args.flow_shift
+    return pipe
