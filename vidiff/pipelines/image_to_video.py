@@ -56,7 +56,13 @@ from vidiff.pipelines.memory import (
     network_shape,
     plan_for_budget,
 )
-from vidiff.pipelines.offload import SequentialOffload, device_memory, largest_leaf_params, on_device
+from vidiff.pipelines.offload import (
+    SequentialOffload,
+    available_device,
+    device_memory,
+    largest_leaf_params,
+    on_device,
+)
 from vidiff.pipelines.settings import GenerationSettings
 from vidiff.utils import randn
 
@@ -203,10 +209,7 @@ class ImageToVideoPipeline(LoRAMixin, CameraMixin):
             else:
                 device = arg
         if device is not None:
-            device = torch.device(device)
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise ValueError(f"device {device} asked for, but this machine has no CUDA device")
-            self.device = device
+            self.device = available_device(device)
         self.dtype = dtype or self.dtype
         self.vae_dtype = vae_dtype or self.vae_dtype
         self._cast()
@@ -271,9 +274,7 @@ class ImageToVideoPipeline(LoRAMixin, CameraMixin):
 
         ``dtype`` applies to every component (diffusers' ``torch_dtype``), the VAE's ``vae_dtype`` when
         given; ``fast_path``: the UNet's speed settings (default ``FastPath()``: fused attention projections)."""
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device} asked for, but this machine has no CUDA device")
+        device = available_device(device)
         model = load_model(path, num_frames=num_frames)
         # the model's own defaults, checked here where the file holding them can be named
         GenerationSettings.from_dict(model.extra.get("generation_defaults") or {},

@@ -71,6 +71,14 @@ def largest_leaf_params(module: nn.Module) -> int:
     return max((sum(p.numel() for p in m.parameters(recurse=False)) for m in _leaf_modules(module)), default=0)
 
 
+def available_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; ValueError naming it when it is CUDA on a machine without CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but this machine has no CUDA device")
+    return device
+
+
 def device_memory(device: torch.device) -> int:
     """Total memory of ``device`` in bytes: the GPU's, or this machine's physical memory for the CPU."""
     if device.type == "cuda":

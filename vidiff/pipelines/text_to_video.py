@@ -38,7 +38,7 @@ from vidiff.pipelines.memory import (
     network_shape,
     plan_for_budget,
 )
-from vidiff.pipelines.offload import device_memory
+from vidiff.pipelines.offload import available_device, device_memory
 from vidiff.utils import randn
 
 __all__ = ["SAMPLERS", "TextToVideoOutput", "TextToVideoPipeline", "check_num_frames"]
@@ -133,9 +133,7 @@ class TextToVideoPipeline:
     def to(self, device: str | torch.device) -> TextToVideoPipeline:
         """Move every component (transformers, VAE, text and image encoders) to ``device``, each keeping its
         dtype; returns the pipeline. ValueError for a CUDA device on a machine without one."""
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device} asked for, but this machine has no CUDA device")
+        device = available_device(device)
         modules = [self.transformer, self.transformer_2, self.vae, self.image_encoder,
                    None if self.text is None else self.text.text_encoder]
         for module in modules:
