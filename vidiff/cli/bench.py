@@ -104,8 +104,9 @@ def _check(args: argparse.Namespace) -> None:
     for flag, value, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
         if value < low:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
-    if args.attention_chunk is not None and args.attention_chunk < 1:
-        raise CLIError(f"--attention-chunk must be >= 1, got {args.attention_chunk}")
+    from vidiff.cli.generate import check_attention_chunk
+
+    check_attention_chunk(args)
     if args.json is not None and Path(args.json).is_dir():
         raise CLIError(f"--json {args.json} is a folder: give a file name")
 
@@ -122,13 +123,11 @@ class Subject:
     network_kind: str
 
 
-def _image_subject(args: argparse.Namespace, device: str, dtype: Any) -> tuple[Subject, str]:
+def _image_subject(args: argparse.Namespace, device: str) -> tuple[Subject, str]:
     """The image-to-video pipeline of ``--model`` (default: the bundled one) on ``--image``."""
-    import torch
-
-    from vidiff.cli.generate import _settings, fast_path_from_args
+    from vidiff.cli.generate import _settings, load_image_pipeline
     from vidiff.io.video import ImageError, read_image
-    from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_example_path, bundled_model_path
+    from vidiff.pipelines.image_to_video import bundled_example_path
 
     settings = _settings(args)
     image_path = Path(args.image) if args.image else bundled_example_path()
@@ -136,14 +135,7 @@ def _image_subject(args: argparse.Namespace, device: str, dtype: Any) -> tuple[S
         image = read_image(image_path)
     except ImageError as e:
         raise CLIError(f"--image {e}") from None
-    model = args.model or bundled_model_path()
-    if model is None:
-        raise CLIError("no --model given and no bundled model is installed")
-    try:
-        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=dtype, device=device,
-                                                    fast_path=fast_path_from_args(args), vae_dtype=torch.float32)
-    except (ValueError, OSError) as e:
-        raise CLIError(str(e)) from None
+    pipe, model = load_image_pipeline(args, device)
 
     def generate() -> tuple[int, dict[str, Any], str]:
         result = pipe(image, settings=settings, output_type="pt", progress=False, offload=args.offload,
@@ -188,12 +180,11 @@ def run(args: argparse.Namespace) -> int:
     from vidiff.io.atomic import write_json_atomic
 
     cuda = device.startswith("cuda")
-    text = getattr(args, "prompt", None) is not None
-    dtype_name = args.dtype or (("bfloat16" if text else "float16") if cuda else "float32")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     start = time.perf_counter()
-    subject, model = _text_subject(args, device) if text else _image_subject(args, device, getattr(torch, dtype_name))
+    subject, model = (_text_subject if getattr(args, "prompt", None) is not None else _image_subject)(args, device)
     load_s = time.perf_counter() - start
+    dtype_name = str(next(subject.networks[0].parameters()).dtype).removeprefix("torch.")  # as the loader chose
 
     network, decode = PhaseClock(sync), PhaseClock(sync)
     for module in subject.networks:

@@ -7,6 +7,7 @@ import hashlib
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from vidiff import __version__
 from vidiff.cli.batch import add_batch_arguments, check_single_or_batch, run_batch
@@ -131,6 +132,31 @@ def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:
     fast.add_argument("--channels-last", action="store_true", help="NHWC convolutions (tensor-core layout)")
     fast.add_argument("--no-fuse-projections", dest="fuse_projections", action="store_false",
                       help="compute attention q, k, v with three matrix multiplies instead of one")
+
+
+def check_attention_chunk(args: argparse.Namespace) -> None:
+    if args.attention_chunk is not None and args.attention_chunk < 1:
+        raise CLIError(f"--attention-chunk must be >= 1, got {args.attention_chunk}")
+
+
+def load_image_pipeline(args: argparse.Namespace, device: str) -> tuple[Any, Path | str]:
+    """``(pipeline, model)``: ``--model`` (default: the bundled model) on ``device`` in ``--dtype`` (float16 on
+    CUDA, else float32; the VAE in float32) with the speed switches; a model that does not load is a one-line
+    ``CLIError`` (``vidiff generate``, ``--video`` runs and ``vidiff bench``)."""
+    import torch
+
+    from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_model_path
+
+    model = args.model or bundled_model_path()
+    if model is None:
+        raise CLIError("no --model given and no bundled model is installed")
+    dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
+    try:
+        return ImageToVideoPipeline.from_pretrained(model, dtype=dtype, device=device,
+                                                    fast_path=fast_path_from_args(args),
+                                                    vae_dtype=torch.float32), model
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
 
 
 def fast_path_from_args(args: argparse.Namespace) -> FastPath:
@@ -265,8 +291,7 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
     except ValueError as e:
         raise CLIError(str(e)) from None
     settings = _settings(args)
-    if args.attention_chunk is not None and args.attention_chunk < 1:
-        raise CLIError(f"--attention-chunk must be >= 1, got {args.attention_chunk}")
+    check_attention_chunk(args)
     device = resolve_device(args.device)
     _check_output(output, image)
     return image, output, settings, device
@@ -293,21 +318,9 @@ def run(args: argparse.Namespace) -> int:
     loras = check_adapter_args(args)
     post = postprocess_config(args)
 
-    import torch
-
     from vidiff.io.video import read_image
-    from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_model_path
 
-    model = args.model or bundled_model_path()
-    if model is None:
-        raise CLIError("no --model given and no bundled model is installed")
-    dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
-    fast = fast_path_from_args(args)
-    try:
-        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=device,
-                                                    fast_path=fast, vae_dtype=torch.float32)
-    except (ValueError, OSError) as e:
-        raise CLIError(str(e)) from None
+    pipe, model = load_image_pipeline(args, device)
     pipe, camera = sv3d_pipeline(pipe, args, settings)  # SV3D: the orbit pipeline and its camera
     apply_adapters(pipe, loras, args.lora_partial)
     settings = apply_camera(pipe, args, model, settings)  # --camera: its adapter, path and motion bucket

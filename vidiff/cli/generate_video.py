@@ -75,7 +75,7 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, Path | None, Any
 def run_video(args: argparse.Namespace) -> int:
     video_path, output, image_path, info, settings = _check_cheap(args)
     post = postprocess_config(args)
-    from vidiff.cli.generate import _sha256, fast_path_from_args, resolve_device, sidecar_path
+    from vidiff.cli.generate import _sha256, load_image_pipeline, resolve_device, sidecar_path
 
     device = resolve_device(args.device)
 
@@ -87,18 +87,12 @@ def run_video(args: argparse.Namespace) -> int:
     from vidiff.io.video import VideoError, read_image, read_video, write_video
     from vidiff.io.video_stream import iter_video
     from vidiff.metrics.flow import flow_to_first
-    from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_model_path
     from vidiff.pipelines.video_to_video import check_video_size, describe, video_to_video
 
-    model = args.model or bundled_model_path()
-    if model is None:
-        raise CLIError("no --model given and no bundled model is installed")
-    dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    pipe, model = load_image_pipeline(args, device)
     try:
-        pipe = ImageToVideoPipeline.from_pretrained(model, dtype=getattr(torch, dtype_name), device=device,
-                                                    fast_path=fast_path_from_args(args), vae_dtype=torch.float32)
         resolved = pipe._resolve(settings, (info.width, info.height))
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         raise CLIError(str(e)) from None
     try:
         check_video_size(info.width, info.height, resolved.width, resolved.height)
