@@ -192,6 +192,7 @@ def generate_long_video(
             end_latent = pipe._image_latents(end) if end_latent is None else end_latent
     if end_latent is not None:
         known[num_frames - 1] = end_latent.to(pipe.device).float().reshape(shape)
+    held_end = reference and end_latent is not None  # a warped-reference model holding its end frame
     conds = _Conditioning(pipe, s, cond, end_cond, num_frames - 1)
     steps = tqdm(disable=not progress, leave=False, desc="steps", unit="step")
     model = WindowModel(
@@ -199,11 +200,10 @@ def generate_long_video(
         sigmas=karras_sigmas(s.num_inference_steps, pipe.sigma_min, pipe.sigma_max, pipe.family.rho),
         shape=shape, window=window, sampler=s.sampler, generator=generator, known=known,
         callback=lambda info: steps.update(1), device=pipe.device,
-        bridge_sigma=bridge_sigma if reference and end_latent is not None else None)
+        bridge_sigma=bridge_sigma if held_end else None)
     bar = tqdm(total=num_frames, disable=not progress, desc=f"{mode} frames", unit="frame")
     # a warped-reference VAE draws the frames of a clip with a held end image from both images (decode_between)
-    ends = (end, known[num_frames - 1], num_frames) if reference and end is not None and end_latent is not None \
-        else None
+    ends = (end, known[num_frames - 1], num_frames) if held_end and end is not None else None
     decode = _Decoder(pipe, s, plan, resized if reference else None, on_frames, window, end=ends)
     with on_device(pipe.unet, pipe.device, pipe._offload), pipe.unet_chunking(plan.attention_chunk):
         for first_index, latents in generate_latents(model, num_frames, mode, overlap=overlap,
@@ -247,16 +247,17 @@ class _Decoder:
             return
         z = torch.cat(self.pending, 1)
         ctx = self.previous[:, -self.context:] if self.previous is not None else z[:, :0]
+        run = torch.cat([ctx, z], 1)  # absolute frames [count − len(ctx), count + len(z))
         if self.end is None:
-            video = self.pipe._decode(torch.cat([ctx, z], 1), self.s, self.plan, False, self.reference)
+            video = self.pipe._decode(run, self.s, self.plan, False, self.reference)
         else:  # frame i leans toward the end image by i / (N − 1)
             image, latent, n = self.end
             first = self.count - ctx.shape[1]
-            weights = torch.arange(first, first + ctx.shape[1] + z.shape[1], dtype=torch.float64) / max(n - 1, 1)
+            weights = torch.arange(first, first + run.shape[1], dtype=torch.float64) / max(n - 1, 1)
             device = self.pipe.device
             with on_device(self.pipe.vae, device, self.pipe._offload):
-                video = self.pipe.vae.decode_latents_between(torch.cat([ctx, z], 1).float(), self.reference.to(device),
-                                                             image.to(device), latent.float(), weights)
+                video = self.pipe.vae.decode_latents_between(run.float(), self.reference.to(device), image.to(device),
+                                                             latent.float(), weights)
         frames = ((video[0, ctx.shape[1]:].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         self.sink(frames)
         self.count += z.shape[1]
