@@ -14,7 +14,7 @@ import pytest
 from vidiff.cli.main import COMMANDS, build_parser
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-COMMAND = re.compile(r"(?:^|\s)(?:\S*/)?vidiff(?:\.cli\.main)?\s+(\S.*)$")  # vidiff, .venv/bin/vidiff, -m ...
+COMMAND = re.compile(r"(?:^|\s)(?:\S*/)?vidiff(?:\.cli\.main)?\s+(\S.*)$")  # vidiff, a path to it, -m
 
 
 def readme_commands() -> list[str]:
