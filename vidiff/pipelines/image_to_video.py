@@ -34,18 +34,15 @@ from vidiff.diffusion import (
     CFGDenoiser,
     Denoiser,
     KnownValuesDenoiser,
-    Scaling,
-    VScalingEDMcNoise,
     frame_scales,
     initial_noise_scale,
     karras_sigmas,
     per_frame,
     sampler_by_name,
-    scaling_from_config,
 )
 from vidiff.networks.fast import FastPath, apply_fast_path
 from vidiff.pipelines.defaults import FAMILIES, ModelFamily, default_settings, sgm_image_size
-from vidiff.pipelines.loading import LoadedModel, load_model
+from vidiff.pipelines.loading import LoadedModel, load_model, scaling_for_scheduler
 from vidiff.pipelines.lora import CameraMixin, LoRAMixin
 from vidiff.pipelines.memory import (
     MemoryPlan,
@@ -184,7 +181,7 @@ class ImageToVideoPipeline(LoRAMixin, CameraMixin):
         sched = model.scheduler_config
         self.sigma_min = float(sched.get("sigma_min", family.sigma_min))
         self.sigma_max = float(sched.get("sigma_max", family.sigma_max))
-        self.scaling = _scaling(sched)
+        self.scaling = scaling_for_scheduler(sched)
         self._offload = "none"
         self._sequential: list[SequentialOffload] = []
         self.decode_split: Callable[..., torch.Tensor] | None = None  # vidiff.parallel.parallelize_decode
@@ -582,18 +579,6 @@ def _repeat(cond: Cond, n: int) -> Cond:
         return cond
     return Cond(**{f.name: None if (t := getattr(cond, f.name)) is None else t.repeat_interleave(n, dim=0)
                    for f in fields(cond)})
-
-
-def _scaling(scheduler: dict[str, Any]) -> Scaling:
-    """The parametrisation the UNet was trained with: vidiff's ``scaling`` key when the scheduler config has
-    one (models vidiff trained), else SVD's v-prediction with EDM c_noise (every SVD-class checkpoint)."""
-    if "scaling" in scheduler:
-        return scaling_from_config(scheduler)  # a discrete-time one (DDPM-trained) carries its betas
-    kind = scheduler.get("prediction_type", "v_prediction")
-    if kind != "v_prediction":
-        raise ValueError(f"scheduler prediction_type {kind!r} is not supported for SVD-class models "
-                         "(they are v-prediction); add a vidiff 'scaling' key to the scheduler config")
-    return VScalingEDMcNoise()
 
 
 def _postprocess(frames: torch.Tensor, output_type: str) -> Any:

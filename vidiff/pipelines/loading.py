@@ -24,6 +24,7 @@ from vidiff.autoencoders import (
     PatchConfig,
     VAEConfig,
 )
+from vidiff.diffusion import Scaling, VScalingEDMcNoise, scaling_from_config
 from vidiff.io import load_safetensors
 from vidiff.io.checkpoints import read_checkpoint
 from vidiff.io.components import Checkpoint
@@ -147,3 +148,15 @@ def load_model(path: str | Path, *, num_frames: int | None = None) -> LoadedMode
         scheduler_config=dict(sched.config) if sched is not None else {}, model_type=ckpt.model_type,
         layout=ckpt.layout, extra={**ckpt.extra, "notes": list(ckpt.notes)},
     )
+
+
+def scaling_for_scheduler(scheduler: dict[str, Any]) -> Scaling:
+    """The parametrisation the UNet was trained with: vidiff's ``scaling`` key when the scheduler config has
+    one (models vidiff trained), else SVD's v-prediction with EDM c_noise (every SVD-class checkpoint)."""
+    if "scaling" in scheduler:
+        return scaling_from_config(scheduler)  # a discrete-time one (DDPM-trained) carries its betas
+    kind = scheduler.get("prediction_type", "v_prediction")
+    if kind != "v_prediction":
+        raise ValueError(f"scheduler prediction_type {kind!r} is not supported for SVD-class models "
+                         "(they are v-prediction); add a vidiff 'scaling' key to the scheduler config")
+    return VScalingEDMcNoise()
