@@ -13,7 +13,10 @@ method, seed and motion bucket (0 and 255), a ``--frames``-frame video from a he
   per frame;
 * **end image**: a clip from a crop of the photo to the crop shifted by ``--pan`` pixels (a camera pan):
   PSNR of the last frame against the end image (≥ 25 dB), the sign of the in-between flow, how many of the
-  steps go the pan's way, and the clip's seam ratio (a jump onto the end frame shows there).
+  steps go the pan's way, and the clip's seam ratio (a jump onto the end frame shows there);
+* **the model's own floor**: the seam ratio of single clips (one window, no seams at all) for ``--floor-seeds``
+  seeds, and of their steps pooled (each clip's ``d_i`` over its own median; 9 clips give 117 steps, about
+  as many as a 120-frame video has): what a sampler that follows the model without any seam would score.
 
     python benchmarks/long_video.py [--frames 120] [--seeds 0 1 2] [--steps 10] [--photo coffee.png]
         [--json FILE]
@@ -97,6 +100,23 @@ def rss_child(method: str, frames: int, steps: int, name: str) -> None:
     print(json.dumps({"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds}))
 
 
+def native_floor(pipe: ImageToVideoPipeline, image: PIL.Image.Image, bucket: int, seeds: list[int],
+                 steps: int) -> dict[str, object]:
+    """Seam ratios of the model's own single clips, which contain no seam: per clip, and pooled."""
+    from vidiff.metrics.temporal import frame_differences
+
+    per_clip, pooled = [], []
+    for seed in seeds:
+        s = GenerationSettings(num_inference_steps=steps, seed=seed, motion_bucket_id=bucket)
+        clip = pipe(image, settings=s, seed=seed, output_type="pt", progress=False).frames[0]
+        per_clip.append(seam_ratio(clip))
+        d = frame_differences(clip)
+        pooled.append(d / d.quantile(0.5))
+    d = torch.cat(pooled)
+    return {"bucket": bucket, "clip_seam_ratios": per_clip, "pooled_steps": len(d),
+            "pooled_seam_ratio": (d.max() / d.quantile(0.5)).item()}
+
+
 def end_image_check(pipe: ImageToVideoPipeline, name: str, pan: int, steps: int) -> dict[str, float]:
     """A first-and-last-frame clip over a known pan: crops of one photo ``pan`` pixels apart."""
     from vidiff.cli.generate_long import end_latent
@@ -129,6 +149,8 @@ def main() -> None:
     p.add_argument("--memory-methods", nargs="+", default=["chain"], choices=METHODS[1:],
                    help="modes whose peak RSS and time are measured at 28 and --frames frames")
     p.add_argument("--pan", type=int, default=12, help="end-image check: pan in pixels at 128x128")
+    p.add_argument("--floor-seeds", type=int, default=9,
+                   help="single clips (seeds 0..N-1) per bucket for the model's own seam ratio; 0 skips it")
     p.add_argument("--json", default=None)
     p.add_argument("--rss-child", nargs=2, metavar=("METHOD", "FRAMES"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -157,6 +179,11 @@ def main() -> None:
                 dump()
         if seed == args.seeds[0]:
             memory(args, results, dump)
+    for bucket in (0, 255) if args.floor_seeds else ():
+        results.setdefault("floor", []).append(native_floor(pipe, image, bucket, list(range(args.floor_seeds)),
+                                                            args.steps))
+        print("model's own clips:", json.dumps(results["floor"][-1]), flush=True)
+        dump()
     results["end_image"] = end_image_check(pipe, args.photo, args.pan, args.steps)
     print("end image:", results["end_image"], flush=True)
     dump()
