@@ -23,11 +23,10 @@ from vidiff.io.keymaps import unet_from_sgm, vae_from_sgm
 from vidiff.io.single_file import infer_unet_config
 from vidiff.io.weights import load_state_dict_strict
 from vidiff.networks import UNetConfig, UNetSpatioTemporal
-from vidiff.pipelines.defaults import FAMILIES
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline
 from vidiff.pipelines.loading import LoadedModel
 from vidiff.pipelines.memory import MemoryPlan
-from vidiff.pipelines.settings import GenerationSettings
+from vidiff.pipelines.settings import FAMILIES, GenerationSettings
 from vidiff.pipelines.sv3d import SV3DPipeline, sv3d_orbit
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sv3d"

@@ -41,7 +41,6 @@ from vidiff.diffusion import (
     sampler_by_name,
 )
 from vidiff.networks.fast import FastPath, apply_fast_path
-from vidiff.pipelines.defaults import FAMILIES, ModelFamily, default_settings, sgm_image_size
 from vidiff.pipelines.loading import LoadedModel, load_model, scaling_for_scheduler
 from vidiff.pipelines.lora import CameraMixin, LoRAMixin
 from vidiff.pipelines.memory import (
@@ -60,7 +59,7 @@ from vidiff.pipelines.offload import (
     largest_leaf_params,
     on_device,
 )
-from vidiff.pipelines.settings import GenerationSettings
+from vidiff.pipelines.settings import FAMILIES, GenerationSettings, ModelFamily, default_settings, sgm_image_size
 from vidiff.utils import randn
 
 logger = logging.getLogger(__name__)
