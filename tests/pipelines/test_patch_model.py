@@ -14,7 +14,7 @@ from vidiff.io import Checkpoint, CheckpointError, Component, read_checkpoint, w
 from vidiff.io.components import default_scheduler_config
 from vidiff.networks.unet_st import UNET_PRESETS, UNetSpatioTemporal
 from vidiff.pipelines import ImageToVideoPipeline
-from vidiff.pipelines.image_to_video import _at_size
+from vidiff.pipelines.image_to_video import image_at_size
 from vidiff.pipelines.loading import load_model
 
 PATCH = PatchConfig(patch_size=4)
@@ -97,5 +97,5 @@ def test_residual_model_adds_the_image_latents_back(patch_folders: dict[bool, Pa
     a = plain(image, output_type="latent", progress=False).frames
     b = res(image, output_type="latent", progress=False).frames
     s = plain._resolve(plain.default_settings())
-    img = plain._image_latents(_at_size(image, s.height, s.width))  # the image as given, at the output size
+    img = plain._image_latents(image_at_size(image, s.height, s.width))  # the image as given, at the output size
     assert torch.allclose(b - a, img[:, None].expand_as(a), atol=1e-5)

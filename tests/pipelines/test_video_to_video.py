@@ -19,7 +19,7 @@ from vidiff.diffusion import SAMPLERS
 from vidiff.io.video import read_video, write_video
 from vidiff.metrics.flow import estimate_flow, flow_to_first
 from vidiff.pipelines import video_to_video as v2v
-from vidiff.pipelines.image_to_video import ImageToVideoPipeline, _at_size, bundled_model_path
+from vidiff.pipelines.image_to_video import ImageToVideoPipeline, bundled_model_path, image_at_size
 from vidiff.pipelines.settings import GenerationSettings
 
 from ..cli.test_bad_input import refused, vidiff
@@ -104,7 +104,7 @@ def test_tiny_svd_model_holds_the_conditioning_image(tiny, clip) -> None:
     photo = PIL.Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
     video, fps = clip
     out = v2v.video_to_video(tiny, video, 0.7, fps=fps, image=photo, settings=TINY, progress=False)
-    reference = _at_size(photo, 32, 32)
+    reference = image_at_size(photo, 32, 32)
     assert torch.equal(out.frames[0], reference[0] / 2 + 0.5)
     assert torch.equal(out.latents[0, 0], tiny._image_latents(reference)[0])  # held clean, bit for bit
     assert out.frames.shape == (4, 3, 32, 32) and out.record["conditioning"] == "image"  # every input frame

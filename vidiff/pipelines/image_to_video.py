@@ -100,26 +100,26 @@ def bundled_example_path() -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "example.png"
 
 
-def _images(image: ImageInput) -> list[Image]:
+def image_list(image: ImageInput) -> list[Image]:
     """The batch ``image`` stands for, one entry per image: PIL RGB images (PIL input, HWC uint8 arrays) or
     float ``(3, H, W)`` tensors in [0, 1] (float tensors ``(3, H, W)`` / ``(B, 3, H, W)`` and float
     ``(H, W, 3)`` / ``(B, H, W, 3)`` arrays), kept at full precision as diffusers uses them."""
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError("image is an empty list: give at least one image")
-        return [one for item in image for one in _images(item)]
+        return [one for item in image for one in image_list(item)]
     if isinstance(image, PIL.Image.Image):
         if image.width < 1 or image.height < 1:
             raise ValueError(f"image has size {image.width}x{image.height}: it must be at least 1x1 pixels")
         return [image.convert("RGB")]
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (3, 4):
-            return _images(PIL.Image.fromarray(image))
+            return image_list(PIL.Image.fromarray(image))
         if not np.issubdtype(image.dtype, np.floating) or image.ndim not in (3, 4) or image.shape[-1] != 3:
             raise ValueError("image array must be (H, W, 3) uint8, or float (H, W, 3) / (B, H, W, 3) in [0, 1]; "
                              f"got {image.dtype} {image.shape}")
         t = torch.from_numpy(np.ascontiguousarray(image))
-        return _images(t.permute(2, 0, 1) if t.ndim == 3 else t.permute(0, 3, 1, 2))
+        return image_list(t.permute(2, 0, 1) if t.ndim == 3 else t.permute(0, 3, 1, 2))
     if isinstance(image, torch.Tensor):
         t = image.detach()
         if t.ndim not in (3, 4) or t.shape[-3] != 3:
@@ -441,7 +441,7 @@ class ImageToVideoPipeline(LoRAMixin, CameraMixin):
             motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength,
             decode_chunk_size=decode_chunk_size, decode_overlap=decode_overlap, sampler=sampler, seed=seed,
             behaviour=behaviour)
-        images = _images(image)
+        images = image_list(image)
         first = images[0]
         size = first.size if isinstance(first, PIL.Image.Image) else (first.shape[-1], first.shape[-2])
         s = self._resolve((settings or GenerationSettings()).merged(given), size)
@@ -455,7 +455,7 @@ class ImageToVideoPipeline(LoRAMixin, CameraMixin):
             self._place(plan.offload)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(s.seed)
-        resized = torch.cat([_at_size(im, s.height, s.width) for im in images])
+        resized = torch.cat([image_at_size(im, s.height, s.width) for im in images])
         # noise augmentation: one draw for the batch of images, or image i from generator[i] (as diffusers)
         aug_generator = generator[: len(images)] if isinstance(generator, (list, tuple)) else generator
         cond, uncond = self._condition(images, resized, s, aug_generator)
@@ -478,7 +478,7 @@ class ImageToVideoPipeline(LoRAMixin, CameraMixin):
         else:
             # a flow autoencoder decodes by warping the conditioning image (FlowWarpAutoencoder)
             reference = resized if getattr(self.vae, "reference_conditioned", False) else None
-            frames = _postprocess(self._decode(x, s, plan, progress, reference), output_type)
+            frames = frames_to_output(self._decode(x, s, plan, progress, reference), output_type)
         if not return_dict:
             return (frames,)
         return ImageToVideoOutput(frames, s, plan, self.run_record(plan))
@@ -564,7 +564,7 @@ class ImageToVideoPipeline(LoRAMixin, CameraMixin):
                 tiled=plan.vae_tiling, progress=progress, **kwargs)
 
 
-def _at_size(image: Image, height: int, width: int) -> torch.Tensor:
+def image_at_size(image: Image, height: int, width: int) -> torch.Tensor:
     """The conditioning image at the output size, ``(1, 3, H, W)`` in [-1, 1], resized as diffusers' image
     processor does: Lanczos for PIL images, nearest-neighbour interpolation for float tensors."""
     if isinstance(image, PIL.Image.Image):
@@ -580,7 +580,7 @@ def _repeat(cond: Cond, n: int) -> Cond:
                    for f in fields(cond)})
 
 
-def _postprocess(frames: torch.Tensor, output_type: str) -> Any:
+def frames_to_output(frames: torch.Tensor, output_type: str) -> Any:
     """``(B, T, 3, H, W)`` in [-1, 1] -> [0, 1] as the requested type (diffusers' rounding for PIL)."""
     video = (frames.float() / 2 + 0.5).clamp(0, 1).cpu()
     if output_type == "pt":

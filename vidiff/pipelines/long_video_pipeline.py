@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vidiff.conditioning import Cond
 from vidiff.diffusion import CFGDenoiser, Denoiser, frame_scales, karras_sigmas, per_frame
-from vidiff.pipelines.image_to_video import ImageInput, ImageToVideoPipeline, _at_size, _images
+from vidiff.pipelines.image_to_video import ImageInput, ImageToVideoPipeline, image_at_size, image_list
 from vidiff.pipelines.long_video import LONG_MODES, WindowModel, check_overlap, generate_latents, plan_indices
 from vidiff.pipelines.offload import on_device
 from vidiff.pipelines.settings import GenerationSettings
@@ -163,7 +163,7 @@ def generate_long_video(
     ``bridge_sigma``: with a held end frame on a warped-reference model, the level at which windows holding both
     ends start on the line between them (None: from pure noise; see ``END_BRIDGE_SIGMA``)."""
     start_time = time.perf_counter()
-    images = _images(image)
+    images = image_list(image)
     if len(images) != 1:
         raise ValueError(f"a long video starts from one image, got {len(images)}")
     first = images[0]
@@ -176,7 +176,7 @@ def generate_long_video(
     if plan.offload != pipe._offload:
         pipe._place(plan.offload)
     generator = generator or torch.Generator("cpu").manual_seed(s.seed)
-    resized = _at_size(first, s.height, s.width)
+    resized = image_at_size(first, s.height, s.width)
     cond, _ = pipe._condition(images, resized, s, generator)
     reference = getattr(pipe.vae, "reference_conditioned", False)
     known: dict[int, torch.Tensor] = {}
@@ -186,9 +186,9 @@ def generate_long_video(
         known[0] = torch.zeros(shape, device=pipe.device)
     end_cond = end = None
     if end_image is not None:
-        end = _at_size(_images(end_image)[0], s.height, s.width)
+        end = image_at_size(image_list(end_image)[0], s.height, s.width)
         if not reference:
-            end_cond, _ = pipe._condition(_images(end_image), end, s, generator)
+            end_cond, _ = pipe._condition(image_list(end_image), end, s, generator)
             end_latent = pipe._image_latents(end) if end_latent is None else end_latent
     if end_latent is not None:
         known[num_frames - 1] = end_latent.to(pipe.device).float().reshape(shape)

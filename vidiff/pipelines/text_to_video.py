@@ -28,7 +28,7 @@ from vidiff.diffusion.flow_matching import (
     sample_flow_unipc,
 )
 from vidiff.networks.dit_wan import WanTransformer3D
-from vidiff.pipelines.image_to_video import _at_size, _images, _postprocess
+from vidiff.pipelines.image_to_video import frames_to_output, image_at_size, image_list
 from vidiff.pipelines.memory import (
     MemoryPlan,
     ModelFootprint,
@@ -155,13 +155,13 @@ class TextToVideoPipeline:
                          num_frames: int) -> Tensor:
         """Mask channels and the normalised VAE latent of [image, black frames(, last_image)],
         ``(B, t, 4 + z, h, w)``."""
-        first = _at_size(_images(image)[0], height, width).to(self.device)  # (1, 3, H, W) in [-1, 1]
+        first = image_at_size(image_list(image)[0], height, width).to(self.device)  # (1, 3, H, W) in [-1, 1]
         video = torch.zeros(1, num_frames, 3, height, width, device=self.device)
         video[:, 0] = first[0]
         known = torch.zeros(num_frames)
         known[0] = 1
         if last_image is not None:
-            video[:, -1] = _at_size(_images(last_image)[0], height, width)[0].to(self.device)
+            video[:, -1] = image_at_size(image_list(last_image)[0], height, width)[0].to(self.device)
             known[-1] = 1
         latent = self.vae.encode_latents(video.to(self.vae.dtype)).float()  # (1, t, z, h, w)
         f = self.vae.config.temporal_factor
@@ -258,7 +258,7 @@ class TextToVideoPipeline:
 
         concat = clip = first = None
         if image is not None and self.expand_timesteps:  # TI2V: the image's latent is frame 0
-            pixels = _at_size(_images(image)[0], height, width).to(self.device, self.vae.dtype)
+            pixels = image_at_size(image_list(image)[0], height, width).to(self.device, self.vae.dtype)
             first = self.vae.encode_latents(pixels[:, None]).float()  # (1, 1, z, h, w)
         elif image is not None:
             concat = self._image_condition(image, last_image, batch, height, width, num_frames)
@@ -295,4 +295,4 @@ class TextToVideoPipeline:
             return TextToVideoOutput(x, plan)
         decode = self.decode_split or self.vae.decode_latents  # split over the ranks: parallelize_decode
         frames = decode(x.to(self.vae.dtype), chunk_frames=plan.decode_chunk_size)
-        return TextToVideoOutput(_postprocess(frames, output_type), plan)
+        return TextToVideoOutput(frames_to_output(frames, output_type), plan)

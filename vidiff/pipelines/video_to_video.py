@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vidiff.diffusion import CFGDenoiser, Denoiser, frame_scales, karras_sigmas, per_frame, sampler_by_name
-from vidiff.pipelines.image_to_video import ImageToVideoPipeline, _at_size, _images
+from vidiff.pipelines.image_to_video import ImageToVideoPipeline, image_at_size, image_list
 from vidiff.pipelines.long_video_pipeline import DEFAULT_OVERLAP
 from vidiff.pipelines.offload import on_device
 from vidiff.pipelines.settings import GenerationSettings
@@ -169,7 +169,7 @@ def video_to_video(
     starts = window_starts(len(indices), window, overlap) if len(indices) > window else [0]
     out_fps = fps * (len(indices) - 1) / (video.shape[0] - 1)  # the same duration, first to last frame
     given = GenerationSettings(num_frames=min(len(indices), window), fps=settings.fps or max(1, round(out_fps)))
-    cond_image = _images(image if image is not None else video[indices[0]])[0]
+    cond_image = image_list(image if image is not None else video[indices[0]])[0]
     in_size = (video.shape[-1], video.shape[-2])
     s = pipe._resolve(settings.merged(given), in_size)
     check_video_size(*in_size, s.width, s.height)
@@ -183,7 +183,7 @@ def video_to_video(
                            antialias=True, align_corners=False).clamp(0, 1)
     # the conditioning image at the output size, (1, 3, H, W) in [-1, 1]: the input's own first frame, or
     # ``image`` resized as the image-to-video pipeline resizes its image
-    reference = frames[:1] * 2 - 1 if image is None else _at_size(cond_image, s.height, s.width)
+    reference = frames[:1] * 2 - 1 if image is None else image_at_size(cond_image, s.height, s.width)
     sigma_s = start_sigma(strength, pipe.sigma_min, pipe.sigma_max)
     steps = max(1, math.ceil(strength * s.num_inference_steps)) if strength > 0 else 0
     record = {"strength": strength, "sigma_start": sigma_s if steps else 0.0, "steps": steps,
