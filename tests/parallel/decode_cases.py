@@ -45,7 +45,8 @@ def tiny_decode_case(vae: str, frames: int, batch: int = 2, size: int = 8,
 def decode_frames(case: dict[str, Any], settings: dict[str, Any], *, layout: Any = None,
                   sent: list[int] | None = None, shapes: list[tuple[int, ...]] | None = None) -> torch.Tensor:
     """Pixels of ``tiny_decode_case(**case)`` decoded with ``settings`` (``chunk_size``, ``overlap``, ``tile``:
-    latent tile side, 0 for no tiling), split over all of ``layout``'s ranks when given. Per split call (each
+    latent tile side, 0 for no tiling; ``between``: the flow-warp two-image decode toward a random end image),
+    split over all of ``layout``'s ranks when given. Per split call (each
     temporal-decoder call; each whole decode of a per-frame autoencoder) the bytes sent go to ``sent`` and
     ``(batch, frames, h, w)`` of its latents to ``shapes``."""
     from vidiff.parallel.decode import FrameParallelDecode
@@ -55,8 +56,15 @@ def decode_frames(case: dict[str, Any], settings: dict[str, Any], *, layout: Any
         vae.tile_latent_size, vae.tile_latent_overlap = settings["tile"], settings["tile"] // 2
     args = (settings.get("chunk_size"), settings.get("overlap", 0))
     options = {"tiled": bool(settings.get("tile")), **kwargs}
+    if settings.get("between"):  # a clip ending on a given image: frames drawn from both (flow-warp only)
+        g = torch.Generator().manual_seed(case.get("seed", 0) + 2)
+        weights = torch.linspace(0, 1, z.shape[1], dtype=torch.float64)
+        between_args = (z, kwargs["reference"], torch.rand(kwargs["reference"].shape, generator=g), z[:, -1],
+                        weights)
     if layout is None:
         with torch.no_grad():
+            if settings.get("between"):
+                return vae.decode_latents_between(*between_args)
             return vae.decode_latents(z, *args, **options)
     sent, shapes = [] if sent is None else sent, [] if shapes is None else shapes
     temporal = case["vae"] == "temporal"
@@ -72,7 +80,7 @@ def decode_frames(case: dict[str, Any], settings: dict[str, Any], *, layout: Any
         vae.decoder.register_forward_hook(lambda *_: sent.append(layout.sent))
     layout.reset_counts()
     with torch.no_grad():
-        out = split(z, *args, **options)
+        out = split.between(*between_args) if settings.get("between") else split(z, *args, **options)
     if not temporal:
         shapes.append((z.shape[0], z.shape[1], *z.shape[-2:]))
         sent.append(layout.sent)

@@ -21,9 +21,10 @@ from launch import max_diff, run_workers
 FRAMES = 7  # uneven on 2 (4 + 3) and 3 (3 + 2 + 2) ranks
 # (autoencoder, settings): the whole clip at once (diffusers' default when decode_chunk_size covers it); chunks
 # of 3 (3, 3, 1: the 1-frame tail runs whole on every rank); chunks of 4 with one frame of context each side;
-# 2 x 2 tiles of 6 latents; then the per-frame autoencoders (split once per decode)
+# 2 x 2 tiles of 6 latents; then the per-frame autoencoders (split once per decode), the flow-warp one also
+# drawing a clip toward an end image (decode_between: a long video's --end-image)
 DECODES = [("temporal", {}), ("temporal", {"chunk_size": 3}), ("temporal", {"chunk_size": 4, "overlap": 1}),
-           ("temporal", {"tile": 6}), ("image", {"chunk_size": 2}), ("flow", {})]
+           ("temporal", {"tile": 6}), ("image", {"chunk_size": 2}), ("flow", {}), ("flow", {"between": True})]
 # The issue's bound, for the decode alone and for whole pipelines (both bit-exact here since the temporal
 # GroupNorms merge per-frame moments, vidiff.utils.norms; the tiny pipeline moved by 3.0e-5 before).
 TOLERANCE = 1e-5

@@ -105,6 +105,18 @@ class FrameParallelDecode(FrameSplit):
         shard = FrameShard(t, split_sizes(t, self.comm.size), self.comm.rank)
         return self.comm.all_gather_dim(decode(shard.cut(z)), shard.sizes, dim=1)
 
+    def between(self, z: Tensor, reference: Tensor, end_reference: Tensor, end_z: Tensor,
+                weights: Tensor) -> Tensor:
+        """The flow-warp autoencoder's ``decode_latents_between`` split by frames (each frame blends its own two
+        warps, so the split is exact); ``weights`` ``(T,)``, one per frame, travel with their frames."""
+        t = z.shape[1]
+        if t < self.comm.size:
+            return self.vae.decode_latents_between(z, reference, end_reference, end_z, weights)
+        shard = FrameShard(t, split_sizes(t, self.comm.size), self.comm.rank)
+        local = self.vae.decode_latents_between(shard.cut(z), reference, end_reference, end_z,
+                                                weights[shard.lo:shard.hi])
+        return self.comm.all_gather_dim(local, shard.sizes, dim=1)
+
     def remove(self) -> None:
         """Back to the single-process decode (and off the pipeline it was installed on)."""
         super().remove()
