@@ -26,11 +26,12 @@ from vidiff.postprocess.deflicker import (
 def add_deflicker_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, prefix: str = "") -> None:
     """The filter's settings as options (``prefix`` names them for ``vidiff generate --deflicker``)."""
     d = DeflickerConfig()
-    p.add_argument(f"--{prefix}strength", dest="deflicker_strength", type=float, default=d.strength,
+    p.add_argument(f"--{prefix}strength", dest="deflicker_strength", type=float, default=d.strength, metavar="S",
                    help=f"how much of the correction to apply, in [0, 1] (default {d.strength})")
-    p.add_argument(f"--{prefix}sigma", dest="deflicker_sigma", type=float, default=d.sigma,
+    p.add_argument(f"--{prefix}sigma", dest="deflicker_sigma", type=float, default=d.sigma, metavar="FRAMES",
                    help=f"temporal smoothing (Gaussian sigma, frames) of the target statistics (default {d.sigma})")
     p.add_argument(f"--{prefix}cut-threshold", dest="deflicker_cut_threshold", type=float, default=d.cut_threshold,
+                   metavar="D",
                    help="normalised thumbnail difference that marks a scene cut; smoothing never crosses a "
                    f"cut (default {d.cut_threshold})")
     p.add_argument(f"--{prefix}flow", dest="deflicker_flow", action="store_true",
