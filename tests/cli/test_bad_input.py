@@ -22,6 +22,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vidiff.io.checkpoints import read_checkpoint
@@ -96,6 +97,23 @@ def test_output_equal_to_the_image_is_refused(tmp_path: Path) -> None:
     refused(vidiff("generate", "--image", image, "--output", image, "--model", NO_MODEL), "photo.webp",
             "input image")
     assert image.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["photo.webp"]
+
+
+def test_output_equal_to_the_input_video_is_refused(tmp_path: Path) -> None:
+    from vidiff.io.video import write_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(np.zeros((4, 3, 32, 32), np.float32), clip, fps=8)
+    before = clip.read_bytes()
+    refused(vidiff("deflicker", clip, clip), "clip.mp4", "input video")
+    refused(vidiff("generate", "--video", clip, "--output", clip, "--model", NO_MODEL), "clip.mp4", "input video")
+    folder = tmp_path / "frames"  # a folder output that holds the input video
+    folder.mkdir()
+    inside = folder / "in.mp4"
+    inside.write_bytes(before)
+    refused(vidiff("deflicker", inside, f"{folder}/"), "in.mp4", "input video")
+    assert clip.read_bytes() == before and inside.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "frames"] and os.listdir(folder) == ["in.mp4"]
 
 
 @pytest.mark.parametrize("where", ["contains", "inside"])

@@ -48,7 +48,7 @@ def _check(args: argparse.Namespace) -> tuple[Path, Path, DeflickerConfig, float
         info = probe_video(src)
     except VideoError as e:
         raise CLIError(str(e)) from None
-    _check_output(out, src)  # as generate checks its output: writable, replacing no input and no user folder
+    _check_output(out, {"video": src})  # as generate checks its output: writable, replacing no input and no user folder
     return src, out, config, info.fps
 
 

@@ -263,11 +263,16 @@ def _replay_cameras(args: argparse.Namespace, sidecar: dict) -> None:
             args.camera_adapter = camera["adapter"]
 
 
-def _check_output(output: Path, image: Path) -> None:
-    """The output can be written and replaces nothing but an earlier output (never the input image)."""
-    out, img = output.resolve(), image.resolve()
-    if out == img or (output.exists() and output.is_dir() and img.is_relative_to(out)):
-        raise CLIError(f"--output {output} would overwrite the input image {image}: write the video elsewhere")
+def _check_output(output: Path, inputs: dict[str, Path | None]) -> None:
+    """The output can be written and replaces nothing but an earlier output (never an input: ``inputs`` maps
+    what each is, ``image`` or ``video``, to its path)."""
+    out = output.resolve()
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        source = path.resolve()
+        if out == source or (output.exists() and output.is_dir() and source.is_relative_to(out)):
+            raise CLIError(f"--output {output} would overwrite the input {what} {path}: write the video elsewhere")
     try:
         check_video_output(output)
     except ValueError as e:
@@ -293,7 +298,7 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, GenerationSettin
     settings = _settings(args)
     check_attention_chunk(args)
     device = resolve_device(args.device)
-    _check_output(output, image)
+    _check_output(output, {"image": image})
     return image, output, settings, device
 
 

@@ -108,9 +108,7 @@ def _check_cheap(args: argparse.Namespace, kind: str) -> tuple[Path, Path, Any]:
         video_format_for(output)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    if output.resolve() == video.resolve():
-        raise CLIError(f"--output {output} would overwrite the input video {video}: write the video elsewhere")
-    _check_output(output, video)
+    _check_output(output, {"video": video})
     return video, output, settings
 
 

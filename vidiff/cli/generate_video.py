@@ -66,9 +66,7 @@ def _check_cheap(args: argparse.Namespace) -> tuple[Path, Path, Path | None, Any
     except ImageError as e:
         raise CLIError(f"--image {e}") from None
     output = Path(args.output)
-    if output.resolve() == video.resolve():
-        raise CLIError(f"--output {output} would overwrite the input video {video}: write the video elsewhere")
-    _check_output(output, image or video)
+    _check_output(output, {"video": video, "image": image})
     return video, output, image, info, _settings(args)
 
 
