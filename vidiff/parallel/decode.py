@@ -33,6 +33,7 @@ The decoder's temporal resnets are ``layers_per_block`` at the latent size (mid 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -99,23 +100,23 @@ class FrameParallelDecode(FrameSplit):
                 return decode(z)
             finally:
                 self._active, self.shard = False, None
-        t = z.shape[1]
-        if t < self.comm.size:
-            return decode(z)
-        shard = FrameShard(t, split_sizes(t, self.comm.size), self.comm.rank)
-        return self.comm.all_gather_dim(decode(shard.cut(z)), shard.sizes, dim=1)
+        return self._by_frames(z, lambda latents, _: decode(latents))
 
     def between(self, z: Tensor, reference: Tensor, end_reference: Tensor, end_z: Tensor,
                 weights: Tensor) -> Tensor:
         """The flow-warp autoencoder's ``decode_latents_between`` split by frames (each frame blends its own two
         warps, so the split is exact); ``weights`` ``(T,)``, one per frame, travel with their frames."""
+        return self._by_frames(z, lambda latents, frames: self.vae.decode_latents_between(
+            latents, reference, end_reference, end_z, weights[frames]))
+
+    def _by_frames(self, z: Tensor, decode: Callable[[Tensor, slice], Tensor]) -> Tensor:
+        """A per-frame decode split by frames: ``decode(latents, frames)`` on this rank's frames (``frames`` their
+        slice of T), gathered on every rank; a clip of fewer frames than ranks is decoded whole on each."""
         t = z.shape[1]
         if t < self.comm.size:
-            return self.vae.decode_latents_between(z, reference, end_reference, end_z, weights)
+            return decode(z, slice(None))
         shard = FrameShard(t, split_sizes(t, self.comm.size), self.comm.rank)
-        local = self.vae.decode_latents_between(shard.cut(z), reference, end_reference, end_z,
-                                                weights[shard.lo:shard.hi])
-        return self.comm.all_gather_dim(local, shard.sizes, dim=1)
+        return self.comm.all_gather_dim(decode(shard.cut(z), slice(shard.lo, shard.hi)), shard.sizes, dim=1)
 
     def remove(self) -> None:
         """Back to the single-process decode (and off the pipeline it was installed on)."""

@@ -256,7 +256,7 @@ class _Decoder:
             weights = torch.arange(first, first + run.shape[1], dtype=torch.float64) / max(n - 1, 1)
             device = self.pipe.device
             with on_device(self.pipe.vae, device, self.pipe._offload):
-                split = getattr(self.pipe, "decode_split", None)  # --parallel: each rank draws its frames
+                split = self.pipe.decode_split  # --parallel: each rank draws its frames
                 between = split.between if split is not None else self.pipe.vae.decode_latents_between
                 video = between(run.float(), self.reference.to(device), image.to(device), latent.float(), weights)
         frames = ((video[0, ctx.shape[1]:].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
